@@ -1,0 +1,34 @@
+# `make repro` runs the pipeline, `make test` the test suite; both install into .venv first.
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# torch pinned alone first: the CPU build already on the machine; an open range pulls CUDA wheels.
+TORCH ?= torch==2.13.0
+UI_PORT ?= 5000
+
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: install repro test ui clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+repro: install
+	dvc repro
+
+test: install
+	python -m pytest
+
+ui: install
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlruns --host 127.0.0.1 --port $(UI_PORT)
+
+clean:
+	rm -rf artifacts checkpoints .dvc/cache .dvc/tmp mlflow.db mlruns

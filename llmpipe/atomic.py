@@ -1,0 +1,47 @@
+"""Outputs appear whole or not at all: write beside the target, then rename over it."""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def directory(target: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder next to `target`; on success it replaces `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if target.exists():
+        # rename(2) cannot replace a non-empty folder: move the old one aside first, then drop it.
+        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, retired / target.name)
+        os.replace(staging, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
+def write_text(target: str | Path, text: str) -> None:
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(staging, target)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def write_json(target: str | Path, data: dict) -> None:
+    write_text(target, json.dumps(data, indent=2, sort_keys=True) + "\n")

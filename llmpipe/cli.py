@@ -1,0 +1,39 @@
+"""`llmpipe COMMAND ...`: a table of commands; each module adds its options and runs."""
+
+import argparse
+import importlib
+import sys
+
+from llmpipe.errors import UserError
+
+COMMANDS = {
+    "tokenizer": ("llmpipe.stages.tokenizer", "train a byte-level BPE tokenizer on the train documents (book ch2)"),
+    "corpus": ("llmpipe.stages.corpus", "tokenize the documents and cut them into blocks with a sliding window (ch2)"),
+    "pretrain": ("llmpipe.stages.pretrain", "pretrain GPT-2 from config, or continue from given weights (ch4-5, app. D)"),
+    "generate": ("llmpipe.generate", "continue a prompt with a trained model: greedy, temperature, top-k, top-p (ch5.3)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    top = argparse.ArgumentParser(prog="llmpipe", description="The LLMs-from-scratch journey as a reproducible HF pipeline.")
+    commands = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, summary) in COMMANDS.items():
+        commands.add_parser(name, help=summary, add_help=False)
+    if not argv or argv[0] not in COMMANDS:
+        top.parse_args(argv)  # prints help or names the unknown command, and exits
+    name, rest = argv[0], argv[1:]
+    module_name, summary = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"llmpipe {name}", description=summary)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        module.main(args)
+    except UserError as err:
+        print(f"llmpipe {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"llmpipe {name}: interrupted; outputs left as they were", file=sys.stderr)
+        return 130
+    return 0

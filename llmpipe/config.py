@@ -1,0 +1,227 @@
+"""Recipes and params: load YAML, apply `--set` overrides, check every key and type against its schema.
+
+A schema is a dataclass. A field marked with `library_section(cls)` holds the keyword arguments of a
+library class (`GPT2Config`, `TrainingArguments`, `BpeTrainer`, ...): its keys are checked against that
+class's own arguments, so a recipe uses the library's names and nothing is translated.
+"""
+
+import dataclasses
+import difflib
+import enum
+import inspect
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from llmpipe.errors import UserError
+
+T = TypeVar("T")
+
+
+def library_section(cls: type, help: str = "") -> Any:
+    """A recipe section whose keys are `cls`'s own constructor arguments."""
+    return dataclasses.field(default_factory=dict, metadata={"library": cls, "help": help})
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found (check the path, or the `recipe:` name in params.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{line}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` overrides in place (values parsed as YAML). They win over the file."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, for example training.learning_rate=3e-4")
+        *parents, leaf = key.split(".")
+        node = data
+        for depth, part in enumerate(parents):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: {'.'.join(parents[: depth + 1])} is a value, not a section")
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    return data
+
+
+def load(schema: type[T], path: str | Path, overrides: list[str] = ()) -> T:
+    """Read `path`, apply overrides, and build `schema` from it; any mistake names the file and key."""
+    data = apply_overrides(load_yaml(path), list(overrides))
+    return build(schema, data, source=str(path))
+
+
+def build(schema: type[T], data: dict, source: str, prefix: str = "") -> T:
+    fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
+    hints = typing.get_type_hints(schema)
+    _reject_unknown(data, fields, source, prefix)
+    values = {}
+    for name, field in fields.items():
+        key = prefix + name
+        if name not in data:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise UserError(f"{source}: missing key `{key}`")
+            continue
+        library = field.metadata.get("library")
+        if library is not None:
+            values[name] = _check_library_kwargs(library, data[name], source, key + ".")
+        else:
+            values[name] = _conform(data[name], hints[name], source, key)
+    return schema(**values)
+
+
+def _reject_unknown(data: dict, valid: typing.Iterable[str], source: str, prefix: str) -> None:
+    valid = list(valid)
+    for name in data:
+        if name not in valid:
+            close = difflib.get_close_matches(str(name), valid, n=1)
+            hint = f"; did you mean `{prefix}{close[0]}`?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+            raise UserError(f"{source}: unknown key `{prefix}{name}`{hint}")
+
+
+def _check_library_kwargs(cls: type, data: Any, source: str, prefix: str) -> dict:
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: `{prefix[:-1]}` must be a mapping of {cls.__name__} arguments")
+    arguments = library_arguments(cls)
+    _reject_unknown(data, arguments, source, prefix)
+    return {name: _conform(value, arguments[name], source, prefix + name) for name, value in data.items()}
+
+
+def library_arguments(cls: type) -> dict[str, Any]:
+    """Argument name -> type annotation (or `Any`) of a library class's constructor."""
+    if dataclasses.is_dataclass(cls):
+        return {f.name: _resolve(cls, f) for f in dataclasses.fields(cls) if f.init}
+    parameters = inspect.signature(cls).parameters.values()
+    return {
+        p.name: Any if p.default in (None, inspect.Parameter.empty) else type(p.default)
+        for p in parameters
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
+    }
+
+
+def _resolve(cls: type, field: dataclasses.Field) -> Any:
+    """A field's annotation as a type; one naming what its module never imported (e.g. GPT2Config's
+    'torch.dtype') is not checked rather than failing the whole class."""
+    if not isinstance(field.type, str):
+        return field.type
+    namespace = vars(sys.modules[cls.__module__])
+    try:
+        return eval(field.type, dict(namespace))  # noqa: S307 - a library's own annotation string
+    except Exception:
+        return Any
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _conform(value: Any, annotation: Any, source: str, key: str) -> Any:
+    try:
+        return _match(value, annotation, source, key)
+    except _Mismatch:
+        raise UserError(
+            f"{source}: `{key}` must be {_describe(annotation)}, got {type(value).__name__} {value!r}"
+        ) from None
+
+
+def _match(value: Any, annotation: Any, source: str, key: str) -> Any:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arm in args:
+            try:
+                return _match(value, arm, source, key)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise _Mismatch
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        # YAML 1.1 (PyYAML) reads `3e-4` as a string: accept what Python reads as a number.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _Mismatch
+    if origin in (list, tuple) or annotation in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        item = args[0] if args else Any
+        return [_conform(v, item, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or annotation is dict:
+        if isinstance(value, dict):
+            return value
+        raise _Mismatch
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, dict):
+            return build(annotation, value, source, key + ".")
+        raise _Mismatch
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        if value in {member.value for member in annotation}:
+            return value
+        raise _Mismatch
+    if isinstance(annotation, type):
+        if isinstance(value, annotation):
+            return value
+        raise _Mismatch
+    return value
+
+
+def _describe(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arm) for arm in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if annotation is type(None):
+        return "null"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in annotation)
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the resolved config as MLflow params."""
+    if dataclasses.is_dataclass(data):
+        data = dataclasses.asdict(data)
+    if not isinstance(data, dict):
+        return {prefix[:-1]: data}
+    flat = {}
+    for name, value in data.items():
+        flat.update(flatten(value, f"{prefix}{name}."))
+    return flat

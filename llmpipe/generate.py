@@ -1,0 +1,71 @@
+"""Decoding (book ch5.3): greedy, or sampling with temperature, top-k and top-p, via `generate`."""
+
+import argparse
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer, set_seed
+
+from llmpipe import artifacts
+from llmpipe.errors import UserError
+
+
+def decoding(
+    tokenizer: PreTrainedTokenizerBase,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> GenerationConfig:
+    """temperature 0 means greedy, as in the book; otherwise sample from the scaled, filtered distribution."""
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        **(sampling if temperature > 0 else {"do_sample": False}),
+    )
+
+
+def continue_text(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    settings: GenerationConfig,
+    streamer: TextStreamer | None = None,
+) -> str:
+    """The prompt's continuation (without the prompt)."""
+    if not prompt.strip():
+        raise UserError("the prompt is empty; give some text to continue")
+    inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
+    n_prompt = inputs["input_ids"].shape[1]
+    context = model.config.n_positions if hasattr(model.config, "n_positions") else model.config.max_position_embeddings
+    if n_prompt + settings.max_new_tokens > context:
+        raise UserError(
+            f"the prompt ({n_prompt} tokens) plus max_new_tokens ({settings.max_new_tokens}) exceeds the "
+            f"model's context of {context} tokens; ask for fewer new tokens or shorten the prompt"
+        )
+    with torch.inference_mode():
+        output = model.generate(**inputs, generation_config=settings, streamer=streamer)
+    return tokenizer.decode(output[0, n_prompt:], skip_special_tokens=True)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model folder (e.g. artifacts/pretrain) or Hub id")
+    parser.add_argument("--prompt", required=True, help="the text to continue")
+    parser.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 samples")
+    parser.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="sample only within this cumulative probability")
+    parser.add_argument("--seed", type=int, default=123, help="random seed for sampling (default: %(default)s)")
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    if args.temperature < 0:
+        raise UserError("--temperature must be 0 (greedy) or positive")
+    tokenizer = artifacts.load_tokenizer(args.model)
+    model = artifacts.load_causal_lm(args.model).eval()
+    set_seed(args.seed)
+    settings = decoding(tokenizer, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    continue_text(model, tokenizer, args.prompt, settings, streamer=TextStreamer(tokenizer))

@@ -1,0 +1,21 @@
+"""The book's sliding window (ch2): one token stream cut into blocks of `context_length`, a block
+starting every `stride` tokens. stride == context_length: no overlap; stride < context_length: overlap.
+"""
+
+from typing import Iterable, Iterator
+
+
+def count_blocks(n_tokens: int, context_length: int, stride: int) -> int:
+    if n_tokens < context_length:
+        return 0
+    return (n_tokens - context_length) // stride + 1
+
+
+def sliding_blocks(token_lists: Iterable[list[int]], context_length: int, stride: int) -> Iterator[list[int]]:
+    """Stream blocks from documents' token lists (concatenated in order), holding one block of memory."""
+    buffer: list[int] = []
+    for tokens in token_lists:
+        buffer.extend(tokens)
+        while len(buffer) >= context_length:
+            yield buffer[:context_length]
+            del buffer[:stride]

@@ -1,0 +1,51 @@
+"""params.yaml: what DVC tracks across the pipeline (active recipe, accelerate config, data, MLflow)."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from llmpipe import config
+
+
+@dataclass
+class HubDataset:
+    """A text data set on the Hugging Face Hub (needs the network): `datasets.load_dataset(path, name)`."""
+
+    path: str
+    name: str | None = None
+    split: str = "train"
+    column: str = "text"
+
+
+@dataclass
+class DataParams:
+    files: list[str] = field(default_factory=list)  # paths or globs of UTF-8 text files
+    hub: list[HubDataset] = field(default_factory=list)
+    documents: Literal["paragraphs", "lines", "files"] = "paragraphs"  # how a file splits into documents
+    normalization: Literal["NFC", "NFKC", "NFD", "NFKD"] | None = "NFC"
+    deduplicate: bool = True
+    validation_fraction: float = 0.1
+    seed: int = 123
+
+
+@dataclass
+class MlflowParams:
+    enabled: bool = True
+    tracking_uri: str = ""  # empty: sqlite:///<repo root>/mlflow.db; MLFLOW_TRACKING_URI wins over both
+    experiment_name: str = "llmpipe"
+    log_models: bool = True  # copy each stage's model folder into the MLflow artifact store
+
+
+@dataclass
+class Params:
+    recipe: str
+    accelerate_config: str
+    data: DataParams
+    mlflow: MlflowParams = field(default_factory=MlflowParams)
+
+    def recipe_file(self, stage: str) -> Path:
+        return Path("recipes") / self.recipe / f"{stage}.yaml"
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    return config.load(Params, path)

@@ -1,0 +1,69 @@
+"""What every pipeline stage shares: its command-line options, its config, its MLflow run, its ending."""
+
+import argparse
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmpipe import atomic, config, params as pipeline_params
+from llmpipe.tracking import StageRun, is_main_process
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, stage: str, schema: type) -> None:
+    parser.add_argument("--params", default="params.yaml", help="pipeline params: active recipe, data, MLflow (default: %(default)s)")
+    parser.add_argument("--recipe", help=f"the stage's recipe (default: recipes/<recipe in params>/{stage}.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one recipe value, e.g. --set training.learning_rate=3e-4 (YAML value; "
+        "wins over the recipe file; repeatable)",
+    )
+    parser.add_argument("--metrics", default=f"metrics/{stage}.json", help="metrics JSON to write (default: %(default)s)")
+    parser.epilog = "recipe keys: " + describe(schema)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def describe(schema: type) -> str:
+    """The recipe's keys for --help: own keys with defaults, library sections by class."""
+    parts = []
+    for field in dataclasses.fields(schema):
+        library = field.metadata.get("library")
+        if library is not None:
+            parts.append(f"{field.name}.* ({library.__module__.split('.')[0]} {library.__name__} arguments)")
+        else:
+            default = field.default if field.default is not dataclasses.MISSING else "required"
+            parts.append(f"{field.name} (default {default!r})")
+    return ", ".join(parts)
+
+
+@dataclass
+class Stage:
+    name: str
+    params: pipeline_params.Params
+    recipe: Any
+    recipe_path: Path
+    metrics_path: Path
+    tracker: StageRun
+    started: float
+
+    def log_config(self) -> None:
+        self.tracker.log_config(config.flatten(self.recipe) | config.flatten(self.params.data, "data."))
+
+    def finish(self, metrics: dict[str, Any], summary: str) -> None:
+        """Write the metrics JSON (rank 0), log it, and print the stage's one-line summary."""
+        metrics = {**metrics, "seconds": round(time.perf_counter() - self.started, 2)}
+        if is_main_process():
+            atomic.write_json(self.metrics_path, metrics)
+            print(f"{self.name}: {summary} [{metrics['seconds']:.0f}s]", flush=True)
+        self.tracker.log_metrics(metrics)
+        self.tracker.log_artifact(self.metrics_path, "metrics")
+
+
+def begin(args: argparse.Namespace, name: str, schema: type) -> Stage:
+    """Load params and the recipe (with --set applied); nothing heavy happens before this succeeds."""
+    pipeline = pipeline_params.load(args.params)
+    recipe_path = Path(args.recipe) if args.recipe else pipeline.recipe_file(name)
+    recipe = config.load(schema, recipe_path, args.overrides)
+    tracker = StageRun(name, recipe_path.parent.name, pipeline.mlflow)
+    return Stage(name, pipeline, recipe, recipe_path, Path(args.metrics), tracker, time.perf_counter())

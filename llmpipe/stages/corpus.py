@@ -1,0 +1,97 @@
+"""Stage `corpus` (book ch2): documents -> token ids (`datasets.map`, batched, multi-process), an EOS
+after each document, then blocks of `context_length` every `stride` tokens, saved with `save_to_disk`."""
+
+import argparse
+import os
+import tempfile
+from dataclasses import dataclass
+
+from datasets import Dataset, DatasetDict, Features, List, Value
+
+from llmpipe import artifacts, atomic, documents, packing, stage
+from llmpipe.errors import UserError
+
+BLOCK_FEATURES = Features({"input_ids": List(Value("int32"))})
+
+
+@dataclass
+class CorpusRecipe:
+    context_length: int = 256  # tokens per block (the model's n_positions must be at least this)
+    stride: int | None = None  # tokens between block starts; default context_length (no overlap)
+    num_proc: int = 1  # processes for tokenisation
+    batch_size: int = 1000  # documents per tokenisation batch
+
+
+def tokenize(splits: DatasetDict, tokenizer, recipe: CorpusRecipe) -> DatasetDict:
+    eos = tokenizer.eos_token_id
+
+    def encode(batch: dict) -> dict:
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"input_ids": [doc + [eos] for doc in ids], "n_tokens": [len(doc) + 1 for doc in ids]}
+
+    return splits.map(
+        encode, batched=True, batch_size=recipe.batch_size, num_proc=recipe.num_proc if recipe.num_proc > 1 else None,
+        remove_columns=["text"], desc="tokenize",
+    )
+
+
+def _blocks(token_docs: Dataset, context_length: int, stride: int):
+    ids = (row["input_ids"] for row in token_docs)
+    for block in packing.sliding_blocks(ids, context_length, stride):
+        yield {"input_ids": block}
+
+
+def pack(tokenized: DatasetDict, context_length: int, stride: int, cache_dir: str) -> DatasetDict:
+    return DatasetDict({
+        split: Dataset.from_generator(
+            _blocks, features=BLOCK_FEATURES, cache_dir=cache_dir, split=split,
+            gen_kwargs={"token_docs": docs, "context_length": context_length, "stride": stride},
+        )
+        for split, docs in tokenized.items()
+    })
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    stage.add_common_arguments(parser, "corpus", CorpusRecipe)
+    parser.add_argument("--tokenizer", default="artifacts/tokenizer", help="tokenizer folder (default: %(default)s)")
+    parser.add_argument("--output", default="artifacts/corpus", help="dataset folder to write (default: %(default)s)")
+
+
+def main(args: argparse.Namespace) -> None:
+    job = stage.begin(args, "corpus", CorpusRecipe)
+    recipe = job.recipe
+    stride = recipe.stride or recipe.context_length
+    if recipe.context_length < 2:
+        raise UserError(f"{job.recipe_path}: `context_length` must be at least 2, got {recipe.context_length}")
+    if not 1 <= stride <= recipe.context_length:
+        raise UserError(f"{job.recipe_path}: `stride` must be between 1 and context_length ({recipe.context_length}), got {stride}")
+    tokenizer = artifacts.load_tokenizer(args.tokenizer)
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"{args.tokenizer}: the tokenizer has no EOS token to put between documents")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the processes of `map` parallelise instead
+    docs = documents.load(job.params.data)
+    with job.tracker:
+        job.log_config()
+        tokenized = tokenize(docs.splits, tokenizer, recipe)
+        metrics = {"documents": sum(docs.splits.num_rows.values()), "duplicates_removed": docs.duplicates_removed}
+        with atomic.directory(args.output) as staging, tempfile.TemporaryDirectory() as cache:
+            blocks = pack(tokenized, recipe.context_length, stride, cache)
+            for split, dataset in blocks.items():
+                n_tokens = sum(tokenized[split]["n_tokens"])
+                if len(dataset) == 0:
+                    raise UserError(
+                        f"the {split} split has {n_tokens} tokens, fewer than one block of "
+                        f"{recipe.context_length}; add text or lower `context_length` in {job.recipe_path}"
+                    )
+                metrics |= {
+                    f"{split}_documents": tokenized[split].num_rows,
+                    f"{split}_tokens": n_tokens,
+                    f"{split}_blocks": len(dataset),
+                }
+            blocks.save_to_disk(str(staging))
+        job.finish(
+            metrics,
+            f"{metrics['train_blocks']} train / {metrics['validation_blocks']} validation blocks of "
+            f"{recipe.context_length} tokens (stride {stride}) from "
+            f"{metrics['train_tokens'] + metrics['validation_tokens']} tokens -> {args.output}",
+        )

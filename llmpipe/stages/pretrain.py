@@ -1,0 +1,174 @@
+"""Stage `pretrain` (book ch4-5, appendix D): GPT-2 from `GPT2Config` (or `init_from` weights), trained by
+`Trainer` under `accelerate launch`: AdamW, warmup then cosine decay, gradient clipping, periodic
+evaluation of train and validation loss, checkpoints, a fixed seed."""
+
+import argparse
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import DatasetDict, load_from_disk
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, Trainer, TrainingArguments, set_seed
+
+from llmpipe import artifacts, atomic, generate, stage
+from llmpipe.config import library_section
+from llmpipe.errors import UserError
+
+SET_BY_LLMPIPE = {
+    "training.output_dir": "--checkpoints",
+    "training.report_to": "params.yaml mlflow.enabled",
+    "model.bos_token_id": "the tokenizer",
+    "model.eos_token_id": "the tokenizer",
+    "model.pad_token_id": "the tokenizer",
+}
+
+
+@dataclass
+class PretrainRecipe:
+    init_from: str | None = None  # Hub id or folder (e.g. gpt2): continue from those weights; `model` must be empty
+    model: dict = library_section(GPT2Config)
+    training: dict = library_section(TrainingArguments)
+    train_eval_blocks: int | None = None  # train blocks scored beside validation at each evaluation; default: as many as validation
+    sample_prompt: str = "Every effort moves you"  # continued greedily after training, logged
+    sample_max_new_tokens: int = 40
+
+
+def causal_lm_batch(features: list[dict]) -> dict[str, torch.Tensor]:
+    """Blocks are all full length, so labels are the inputs (the model shifts them). Not
+    DataCollatorForLanguageModeling: with pad == EOS it would mask every EOS out of the loss."""
+    input_ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
+    return {"input_ids": input_ids, "labels": input_ids}
+
+
+def check_recipe(recipe: PretrainRecipe, source: Path) -> None:
+    for key, owner in SET_BY_LLMPIPE.items():
+        section, name = key.split(".")
+        if name in getattr(recipe, section):
+            raise UserError(f"{source}: `{key}` is set by llmpipe from {owner}; remove it from the recipe")
+    if recipe.init_from and recipe.model:
+        raise UserError(f"{source}: `model` must be empty with `init_from` (the architecture comes from {recipe.init_from})")
+    n_embd, n_head = recipe.model.get("n_embd", 768), recipe.model.get("n_head", 12)
+    if n_embd % n_head:
+        raise UserError(f"{source}: `model.n_embd` ({n_embd}) must be divisible by `model.n_head` ({n_head})")
+
+
+def build_model(recipe: PretrainRecipe, tokenizer, context_length: int, source: Path) -> PreTrainedModel:
+    if recipe.init_from:
+        model = artifacts.load_causal_lm(recipe.init_from)
+    else:
+        settings = {"vocab_size": len(tokenizer), **recipe.model}
+        settings |= {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+        model = GPT2LMHeadModel(GPT2Config(**settings))
+    if model.config.vocab_size < len(tokenizer):
+        raise UserError(f"the model's vocab_size ({model.config.vocab_size}) is smaller than the tokenizer's ({len(tokenizer)})")
+    if model.config.n_positions < context_length:
+        raise UserError(
+            f"{source}: the corpus blocks have {context_length} tokens but the model's n_positions is "
+            f"{model.config.n_positions}; raise `model.n_positions` or lower the corpus context_length"
+        )
+    model.generation_config.update(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    return model
+
+
+def training_arguments(recipe: PretrainRecipe, checkpoints: str, report_to: list[str], source: Path) -> TrainingArguments:
+    try:
+        return TrainingArguments(
+            **{"include_num_input_tokens_seen": True, **recipe.training},
+            output_dir=checkpoints,
+            report_to=report_to,
+        )
+    except ValueError as err:
+        raise UserError(f"{source}: training: {err}") from None
+
+
+def loss_curve(initial: dict, log_history: list[dict], tokens_per_step: int) -> str:
+    """plots/pretrain.csv: one row per evaluation, train and validation loss side by side (the book's plot)."""
+    by_step = {0: initial}
+    for entry in log_history:  # Trainer logs each eval data set as its own entry
+        if any(key.startswith("eval_") and key.endswith("_loss") for key in entry):
+            by_step.setdefault(entry["step"], {}).update(entry)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["step", "tokens_seen", "train_loss", "val_loss"])
+    for step, row in sorted(by_step.items()):
+        writer.writerow([step, step * tokens_per_step, round(row["eval_train_loss"], 5), round(row["eval_validation_loss"], 5)])
+    return out.getvalue()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    stage.add_common_arguments(parser, "pretrain", PretrainRecipe)
+    parser.add_argument("--tokenizer", default="artifacts/tokenizer", help="tokenizer folder (default: %(default)s)")
+    parser.add_argument("--corpus", default="artifacts/corpus", help="packed corpus folder (default: %(default)s)")
+    parser.add_argument("--output", default="artifacts/pretrain", help="model folder to write (default: %(default)s)")
+    parser.add_argument("--checkpoints", default="checkpoints/pretrain", help="Trainer checkpoints (default: %(default)s)")
+    parser.add_argument("--plots", default="plots/pretrain.csv", help="loss curves CSV (default: %(default)s)")
+
+
+def main(args: argparse.Namespace) -> None:
+    job = stage.begin(args, "pretrain", PretrainRecipe)
+    recipe = job.recipe
+    check_recipe(recipe, job.recipe_path)
+    tokenizer = artifacts.load_tokenizer(args.tokenizer)
+    try:
+        corpus: DatasetDict = load_from_disk(args.corpus)
+    except FileNotFoundError:
+        raise UserError(f"{args.corpus}: no packed corpus here; run `llmpipe corpus` first") from None
+    context_length = len(corpus["train"][0]["input_ids"])
+    train_eval = corpus["train"].select(range(min(recipe.train_eval_blocks or len(corpus["validation"]), len(corpus["train"]))))
+
+    with job.tracker:
+        job.log_config()
+        training = training_arguments(recipe, args.checkpoints, job.tracker.report_to, job.recipe_path)
+        set_seed(training.seed)
+        model = build_model(recipe, tokenizer, context_length, job.recipe_path)
+        trainer = Trainer(
+            model=model,
+            args=training,
+            train_dataset=corpus["train"],
+            eval_dataset={"train": train_eval, "validation": corpus["validation"]},
+            data_collator=causal_lm_batch,
+        )
+        initial = trainer.evaluate()
+        result = trainer.train()
+        final = trainer.evaluate()
+        if not trainer.is_world_process_zero():
+            return
+
+        with atomic.directory(args.output) as staging:
+            trainer.save_model(str(staging))
+            tokenizer.save_pretrained(str(staging))
+        tokens_per_step = training.train_batch_size * training.gradient_accumulation_steps * training.world_size * context_length
+        atomic.write_text(args.plots, loss_curve(initial, trainer.state.log_history, tokens_per_step))
+        model.eval()
+        sample = generate.continue_text(
+            model, tokenizer, recipe.sample_prompt, generate.decoding(tokenizer, recipe.sample_max_new_tokens)
+        )
+        job.tracker.log_text(f"{recipe.sample_prompt}{sample}\n", "sample.txt")
+        job.tracker.log_artifact(args.plots, "plots")
+        job.tracker.log_model_folder(args.output)
+
+        val_loss = final["eval_validation_loss"]
+        tokens_seen = trainer.state.num_input_tokens_seen
+        metrics = {
+            "initial_val_loss": round(initial["eval_validation_loss"], 4),
+            "initial_train_loss": round(initial["eval_train_loss"], 4),
+            "train_loss": round(final["eval_train_loss"], 4),
+            "val_loss": round(val_loss, 4),
+            "val_perplexity": round(math.exp(val_loss), 2),
+            "parameters": model.num_parameters(),
+            "steps": trainer.state.global_step,
+            "train_tokens": tokens_seen,
+            "tokens_per_second": round(tokens_seen / result.metrics["train_runtime"], 1),
+            "train_seconds": round(result.metrics["train_runtime"], 2),
+        }
+        job.finish(
+            metrics,
+            f"{metrics['parameters'] / 1e6:.2f}M-parameter GPT-2 -> {Path(args.output)}: val loss "
+            f"{metrics['initial_val_loss']:.3f} -> {val_loss:.3f} (perplexity {metrics['val_perplexity']:.1f}), "
+            f"{metrics['tokens_per_second']:.0f} tokens/s; sample: {sample.strip()[:60]!r}",
+        )

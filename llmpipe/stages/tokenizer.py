@@ -1,0 +1,87 @@
+"""Stage `tokenizer` (book ch2): byte-level BPE trained with `tokenizers` on the train documents only,
+saved as a `PreTrainedTokenizerFast`; or, with `init_from`, an existing model's tokenizer."""
+
+import argparse
+import time
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers.trainers import BpeTrainer
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from llmpipe import artifacts, atomic, documents, stage
+from llmpipe.config import library_section
+from llmpipe.errors import UserError
+
+
+@dataclass
+class TokenizerRecipe:
+    init_from: str | None = None  # Hub id or folder: take that model's tokenizer instead of training one
+    eos_token: str = "<|endoftext|>"  # ends every document; also BOS
+    pad_token: str | None = None  # default: the EOS token
+    trainer: dict = library_section(BpeTrainer)
+
+
+def train_bpe(texts: list[str], recipe: TokenizerRecipe, source: str = "recipe") -> PreTrainedTokenizerFast:
+    """GPT-2's scheme: bytes as the base alphabet (any UTF-8 text round-trips), no prefix space."""
+    specials = list(dict.fromkeys([recipe.eos_token, recipe.pad_token or recipe.eos_token, *recipe.trainer.get("special_tokens", [])]))
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    smallest = len(alphabet) + len(specials)
+    if recipe.trainer.get("vocab_size", 30000) < smallest:
+        raise UserError(f"{source}: `trainer.vocab_size` must be at least {smallest} (256 bytes + {len(specials)} special tokens)")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = BpeTrainer(**{**recipe.trainer, "special_tokens": specials, "initial_alphabet": alphabet})
+    bpe.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=recipe.eos_token,
+        eos_token=recipe.eos_token,
+        pad_token=recipe.pad_token or recipe.eos_token,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def pretrained(source: str) -> PreTrainedTokenizerBase:
+    tokenizer = artifacts.load_tokenizer(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def bytes_per_token(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> float:
+    n_tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    return sum(len(text.encode("utf-8")) for text in texts) / max(n_tokens, 1)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    stage.add_common_arguments(parser, "tokenizer", TokenizerRecipe)
+    parser.add_argument("--output", default="artifacts/tokenizer", help="tokenizer folder to write (default: %(default)s)")
+
+
+def main(args: argparse.Namespace) -> None:
+    job = stage.begin(args, "tokenizer", TokenizerRecipe)
+    recipe = job.recipe
+    docs = documents.load(job.params.data)
+    with job.tracker:
+        job.log_config()
+        started = time.perf_counter()
+        if recipe.init_from:
+            tokenizer = pretrained(recipe.init_from)
+        else:
+            tokenizer = train_bpe(list(docs.splits["train"]["text"]), recipe, str(job.recipe_path))
+        train_seconds = time.perf_counter() - started
+        with atomic.directory(args.output) as staging:
+            tokenizer.save_pretrained(staging)
+        efficiency = bytes_per_token(tokenizer, list(docs.splits["validation"]["text"]))
+        job.tracker.log_model_folder(args.output)
+        job.finish(
+            {
+                "vocab_size": len(tokenizer),
+                "validation_bytes_per_token": round(efficiency, 4),
+                "train_seconds": round(train_seconds, 2),
+            },
+            f"{len(tokenizer)}-token vocabulary -> {args.output} ({efficiency:.2f} bytes/token on validation)",
+        )

@@ -1,0 +1,134 @@
+"""MLflow: one parent run per pipeline run, one nested run per stage.
+
+Stages are separate processes (DVC starts each one), so a stage finds its pipeline's parent run by a
+tag: the id of the `dvc repro` / `dvc exp run` process that started it (or LLMPIPE_PIPELINE_ID), and
+nests under it with the `mlflow.parentRunId` tag. Only rank 0 of a multi-process launch tracks.
+Training metrics by step come from Trainer's own MLflow callback, which logs into the run started here.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from llmpipe.params import MlflowParams
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+PIPELINE_TAG = "llmpipe.pipeline_id"
+
+
+def repo_root() -> Path:
+    """The repository the stage runs in; for `dvc exp run --temp/--queue` (run in .dvc/tmp/exps/...)
+    the repository that holds it, so every experiment logs into the same store."""
+    cwd = Path.cwd().resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return cwd
+
+
+def tracking_uri(settings: MlflowParams) -> str:
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or settings.tracking_uri
+        or f"sqlite:///{repo_root() / 'mlflow.db'}"
+    )
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def pipeline_id() -> str | None:
+    """Identify the pipeline run this stage belongs to: the nearest `dvc` ancestor process."""
+    if os.environ.get("LLMPIPE_PIPELINE_ID"):
+        return os.environ["LLMPIPE_PIPELINE_ID"]
+    import psutil
+
+    for process in psutil.Process().parents():
+        try:
+            argv = process.cmdline()
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+        if any(Path(arg).name == "dvc" for arg in argv[:2]):
+            return f"dvc-{process.pid}-{process.create_time():.0f}"
+    return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+class StageRun:
+    """The MLflow run of one stage; every method is a no-op when tracking is off or on ranks > 0."""
+
+    def __init__(self, stage: str, recipe: str, settings: MlflowParams):
+        self.stage, self.recipe, self.settings = stage, recipe, settings
+        self.enabled = settings.enabled and is_main_process()
+        self._mlflow = None  # the module, imported only when tracking (it takes seconds)
+
+    @property
+    def report_to(self) -> list[str]:
+        """What to pass as TrainingArguments(report_to=...)."""
+        return ["mlflow"] if self.enabled else []
+
+    def __enter__(self) -> "StageRun":
+        if not self.enabled:
+            return self
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri(self.settings))
+        experiment = mlflow.set_experiment(self.settings.experiment_name)
+        tags = {"llmpipe.stage": self.stage, "llmpipe.recipe": self.recipe}
+        if commit := _git_commit():
+            tags["mlflow.source.git.commit"] = commit
+        if exp_name := os.environ.get("DVC_EXP_NAME"):
+            tags["dvc.exp_name"] = exp_name
+        if (pipeline := pipeline_id()) is not None:
+            tags["mlflow.parentRunId"] = self._parent_run(experiment.experiment_id, pipeline, tags)
+        mlflow.start_run(experiment_id=experiment.experiment_id, run_name=self.stage, tags=tags)
+        self._mlflow = mlflow
+        return self
+
+    def _parent_run(self, experiment_id: str, pipeline: str, tags: dict[str, str]) -> str:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        found = client.search_runs([experiment_id], f"tags.`{PIPELINE_TAG}` = '{pipeline}'", max_results=1)
+        if found:
+            return found[0].info.run_id
+        parent_tags = {k: v for k, v in tags.items() if k != "llmpipe.stage"} | {PIPELINE_TAG: pipeline}
+        run = client.create_run(experiment_id, tags=parent_tags, run_name=f"pipeline ({self.recipe})")
+        client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._mlflow:
+            self._mlflow.end_run("FINISHED" if exc_type is None else "FAILED")
+
+    def log_config(self, resolved: dict[str, Any]) -> None:
+        if self._mlflow:
+            self._mlflow.log_params({key: str(value)[:6000] for key, value in resolved.items()})
+
+    def log_metrics(self, metrics: dict[str, Any]) -> None:
+        if self._mlflow:
+            numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            self._mlflow.log_metrics(numbers)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self._mlflow:
+            self._mlflow.log_artifact(str(path), artifact_path)
+
+    def log_model_folder(self, folder: str | Path) -> None:
+        if self._mlflow and self.settings.log_models:
+            self._mlflow.log_artifacts(str(folder), artifact_path=Path(folder).name)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self._mlflow:
+            self._mlflow.log_text(text, artifact_file)

@@ -1,0 +1,127 @@
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+from transformers import GPT2Config, TrainingArguments
+
+from llmpipe import config
+from llmpipe.errors import UserError
+from llmpipe.stages.corpus import CorpusRecipe
+from llmpipe.stages.pretrain import PretrainRecipe
+from llmpipe.stages.tokenizer import TokenizerRecipe
+from tests.conftest import REPO, run_cli
+
+
+def write(tmp_path, data) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_unknown_library_key_is_named_with_a_suggestion(tmp_path):
+    path = write(tmp_path, {"training": {"learnig_rate": 1e-3}})
+    with pytest.raises(UserError, match=r"recipe\.yaml: unknown key `training\.learnig_rate`; did you mean `training\.learning_rate`"):
+        config.load(PretrainRecipe, path)
+
+
+def test_unknown_top_level_key_is_named(tmp_path):
+    with pytest.raises(UserError, match="unknown key `sample_promt`; did you mean `sample_prompt`"):
+        config.load(PretrainRecipe, write(tmp_path, {"sample_promt": "x"}))
+
+
+def test_wrong_type_names_key_expected_and_got(tmp_path):
+    with pytest.raises(UserError, match=r"`model\.n_layer` must be int, got str 'four'"):
+        config.load(PretrainRecipe, write(tmp_path, {"model": {"n_layer": "four"}}))
+    with pytest.raises(UserError, match=r"`training\.learning_rate` must be float, got str 'fast'"):
+        config.load(PretrainRecipe, write(tmp_path, {"training": {"learning_rate": "fast"}}))
+
+
+def test_yaml_exponent_without_dot_is_read_as_the_number(tmp_path):
+    # PyYAML reads `3e-4` as a string; a float argument takes it as the number it means.
+    path = tmp_path / "r.yaml"
+    path.write_text("training:\n  learning_rate: 3e-4\n")
+    assert config.load(PretrainRecipe, path).training["learning_rate"] == pytest.approx(3e-4)
+
+
+def test_set_overrides_win_over_the_file(tmp_path):
+    path = write(tmp_path, {"training": {"learning_rate": 0.1, "seed": 1}, "sample_prompt": "a"})
+    recipe = config.load(PretrainRecipe, path, ["training.learning_rate=3e-4", "sample_prompt=b", "model.n_layer=3"])
+    assert recipe.training == {"learning_rate": pytest.approx(3e-4), "seed": 1}
+    assert recipe.sample_prompt == "b" and recipe.model == {"n_layer": 3}
+
+
+def test_set_override_is_checked_like_the_file(tmp_path):
+    with pytest.raises(UserError, match="unknown key `training.lr`"):
+        config.load(PretrainRecipe, write(tmp_path, {}), ["training.lr=1"])
+    with pytest.raises(UserError, match="expected KEY=VALUE"):
+        config.load(PretrainRecipe, write(tmp_path, {}), ["training.learning_rate"])
+
+
+def test_missing_file_and_bad_yaml_are_named(tmp_path):
+    with pytest.raises(UserError, match="nope.yaml: file not found"):
+        config.load(PretrainRecipe, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  n_layer: [1\n")
+    with pytest.raises(UserError, match=r"bad\.yaml:\d+: not valid YAML"):
+        config.load(PretrainRecipe, bad)
+
+
+def test_nested_dataclasses_and_literals_are_checked(tmp_path):
+    @dataclass
+    class Inner:
+        mode: str = "a"
+
+    @dataclass
+    class Outer:
+        inner: list[Inner] = field(default_factory=list)
+
+    assert config.load(Outer, write(tmp_path, {"inner": [{"mode": "b"}]})).inner == [Inner("b")]
+    with pytest.raises(UserError, match=r"unknown key `inner\[0\]\.mood`"):
+        config.load(Outer, write(tmp_path, {"inner": [{"mood": "b"}]}))
+    with pytest.raises(UserError, match=r"`data\.documents` must be one of 'paragraphs', 'lines', 'files'"):
+        from llmpipe import params
+
+        params.load(write(tmp_path, {"recipe": "x", "accelerate_config": "y", "data": {"documents": "pages"}}))
+
+
+SCHEMAS = {"tokenizer": TokenizerRecipe, "corpus": CorpusRecipe, "pretrain": PretrainRecipe}
+STAGE_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate")
+
+
+@pytest.mark.parametrize("path", STAGE_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_recipe_is_valid_and_builds_its_library_objects(path, tmp_path):
+    recipe = config.load(SCHEMAS[path.stem], path)
+    if getattr(recipe, "model", None):
+        GPT2Config(**recipe.model)
+    if getattr(recipe, "training", None):
+        TrainingArguments(output_dir=str(tmp_path), report_to=[], **recipe.training)
+
+
+def test_every_recipe_folder_has_every_stage():
+    for folder in {p.parent for p in STAGE_RECIPES}:
+        assert {p.stem for p in folder.glob("*.yaml")} == set(SCHEMAS), folder
+
+
+def test_cli_reports_a_bad_recipe_key_without_traceback(tmp_path):
+    recipe = write(tmp_path, {"training": {"learnig_rate": 1e-3}})
+    result = run_cli("pretrain", "--recipe", recipe)
+    assert result.returncode == 2
+    assert "unknown key `training.learnig_rate`; did you mean `training.learning_rate`" in result.stderr
+    assert recipe in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_reports_a_missing_recipe_without_traceback(tmp_path):
+    result = run_cli("corpus", "--recipe", str(tmp_path / "missing.yaml"))
+    assert result.returncode == 2 and "missing.yaml: file not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_help_lists_every_command_and_stage_options():
+    top = run_cli("--help")
+    assert top.returncode == 0
+    for command in ("tokenizer", "corpus", "pretrain", "generate"):
+        assert command in top.stdout
+    stage_help = run_cli("pretrain", "--help")
+    assert stage_help.returncode == 0
+    for option in ("--recipe", "--set", "--params", "--output", "--checkpoints", "training.* (transformers TrainingArguments"):
+        assert option in stage_help.stdout

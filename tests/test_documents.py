@@ -1,0 +1,49 @@
+import pytest
+
+from llmpipe.documents import deduplicate, load, split, split_documents
+from llmpipe.errors import UserError
+from llmpipe.params import DataParams
+
+
+def test_paragraphs_lines_and_files():
+    text = "first para\nstill first\n\n\nsecond\r\n  \n third \n"
+    assert split_documents(text, "paragraphs") == ["first para\nstill first", "second", "third"]
+    assert split_documents(text, "lines") == ["first para", "still first", "second", "third"]
+    assert split_documents(text, "files") == [text.strip()]
+
+
+def test_deduplicate_keeps_first_copy_in_order():
+    assert deduplicate(["a", "b", "a", "c", "b"]) == ["a", "b", "c"]
+
+
+def test_split_is_deterministic_and_disjoint():
+    texts = [f"document {i}" for i in range(200)]
+    first, again, other_seed = split(texts, 0.1, 1), split(texts, 0.1, 1), split(texts, 0.1, 2)
+    assert list(first["validation"]["text"]) == list(again["validation"]["text"])
+    assert list(first["validation"]["text"]) != list(other_seed["validation"]["text"])
+    assert len(first["validation"]) == 20 and len(first["train"]) == 180
+    assert not set(first["train"]["text"]) & set(first["validation"]["text"])
+
+
+def test_split_that_leaves_a_side_empty_is_an_error():
+    with pytest.raises(UserError, match="validation_fraction"):
+        split(["only", "two"], 0.1, 1)
+
+
+def test_load_normalises_then_dedupes(tmp_path):
+    (tmp_path / "a.txt").write_text("caf\u0065\u0301\n\ncaf\u00e9\n\nother\n\nmore\n", encoding="utf-8")
+    docs = load(DataParams(files=[str(tmp_path / "*.txt")], validation_fraction=0.34))
+    assert docs.duplicates_removed == 1  # NFC makes the two spellings of "café" one document
+    assert sorted([*docs.splits["train"]["text"], *docs.splits["validation"]["text"]]) == ["café", "more", "other"]
+
+
+def test_non_utf8_file_is_named_with_its_byte_offset(tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("ok text\n\ncaf\u00e9".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1\.txt: not UTF-8 text \(byte offset 12"):
+        load(DataParams(files=[str(bad)]))
+
+
+def test_pattern_matching_nothing_is_named(tmp_path):
+    with pytest.raises(UserError, match="nothing-here"):
+        load(DataParams(files=[str(tmp_path / "nothing-here*.txt")]))

@@ -1,0 +1,50 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, pipeline
+
+from llmpipe.errors import UserError
+from llmpipe.generate import continue_text, decoding
+from tests.conftest import run_cli
+
+
+def test_greedy_is_deterministic_and_sampling_follows_the_seed(tiny_model, tokenizer):
+    greedy = decoding(tokenizer, 12)
+    assert continue_text(tiny_model, tokenizer, "I had", greedy) == continue_text(tiny_model, tokenizer, "I had", greedy)
+    hot = decoding(tokenizer, 12, temperature=5.0, top_k=50)
+    samples = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        samples.append(continue_text(tiny_model, tokenizer, "I had", hot))
+    assert samples[0] == samples[1] != samples[2]
+
+
+def test_top_k_one_is_greedy(tiny_model, tokenizer):
+    torch.manual_seed(0)
+    top1 = continue_text(tiny_model, tokenizer, "The", decoding(tokenizer, 10, temperature=2.0, top_k=1))
+    assert top1 == continue_text(tiny_model, tokenizer, "The", decoding(tokenizer, 10))
+
+
+def test_empty_prompt_and_too_many_tokens_are_errors(tiny_model, tokenizer):
+    with pytest.raises(UserError, match="prompt is empty"):
+        continue_text(tiny_model, tokenizer, "  ", decoding(tokenizer, 5))
+    with pytest.raises(UserError, match="exceeds the model's context of 64 tokens"):
+        continue_text(tiny_model, tokenizer, "The", decoding(tokenizer, 100))
+
+
+def test_cli_streams_the_same_tokens_the_saved_model_generates(tiny_model, tokenizer, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    expected = continue_text(tiny_model, tokenizer, "I had always", decoding(tokenizer, 15))
+    result = run_cli("generate", "--model", str(tmp_path), "--prompt", "I had always", "--max-new-tokens", "15")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("I had always" + expected).strip()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert continue_text(reloaded, tokenizer, "I had always", decoding(tokenizer, 15)) == expected
+    pipe = pipeline("text-generation", model=str(tmp_path), max_new_tokens=15, do_sample=False)
+    assert pipe("I had always", return_full_text=False)[0]["generated_text"] == expected
+
+
+def test_cli_names_a_folder_without_a_model(tmp_path):
+    result = run_cli("generate", "--model", str(tmp_path), "--prompt", "hi")
+    assert result.returncode == 2 and str(tmp_path) in result.stderr and "cannot load" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,117 @@
+"""The whole pipeline on the `test` recipe, run by DVC in a copy of the repository, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from datasets import load_from_disk
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+from llmpipe.packing import count_blocks
+from tests.conftest import copy_repo
+
+BIN = Path(sys.executable).parent
+STAGES = ["tokenizer", "corpus", "pretrain"]
+
+
+def sh(repo: Path, *argv: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    env |= {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["recipe"] = "test"
+    params["data"]["files"] = ["data/the-verdict.txt"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for stale in ("dvc.lock", "metrics", "plots"):
+        subprocess.run(["rm", "-rf", str(repo / stale)], check=True)
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "baseline")
+    sh(repo, "dvc", "repro")
+    return repo
+
+
+def mlflow_runs(repo: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("llmpipe")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_every_stage_writes_its_outputs_and_metrics(repo):
+    corpus = json.loads((repo / "metrics/corpus.json").read_text())
+    assert corpus["train_blocks"] > 0 and corpus["validation_blocks"] > 0
+    assert corpus["validation_documents"] + corpus["train_documents"] == corpus["documents"]
+    for split in ("train", "validation"):  # the test recipe's window: 32 tokens every 16
+        assert corpus[f"{split}_blocks"] == count_blocks(corpus[f"{split}_tokens"], 32, 16)
+    blocks = load_from_disk(str(repo / "artifacts/corpus"))
+    assert blocks["train"][0]["input_ids"][16:] == blocks["train"][1]["input_ids"][:16]
+    tokenizer = json.loads((repo / "metrics/tokenizer.json").read_text())
+    assert tokenizer["vocab_size"] == 512 and tokenizer["validation_bytes_per_token"] > 1.5
+    pretrain = json.loads((repo / "metrics/pretrain.json").read_text())
+    assert pretrain["val_loss"] < pretrain["initial_val_loss"] - 0.5  # it learned
+    assert pretrain["steps"] == 30 and pretrain["tokens_per_second"] > 0
+    curve = (repo / "plots/pretrain.csv").read_text().splitlines()
+    assert curve[0] == "step,tokens_seen,train_loss,val_loss" and len(curve) == 1 + 4  # steps 0, 10, 20, 30
+    assert (repo / "artifacts/pretrain/model.safetensors").is_file()
+
+
+def test_saved_model_loads_with_stock_transformers_and_generates(repo):
+    folder = str(repo / "artifacts/pretrain")
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+    out = pipeline("text-generation", model=folder, max_new_tokens=8, do_sample=False)("I had always")
+    assert out[0]["generated_text"].startswith("I had always") and len(out[0]["generated_text"]) > len("I had always")
+
+
+def test_mlflow_holds_one_parent_with_a_nested_run_per_stage(repo):
+    client, runs = mlflow_runs(repo)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.data.tags["llmpipe.stage"] for r in children) == sorted(STAGES)
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.params and run.data.metrics
+        assert run.data.tags["llmpipe.recipe"] == "test"
+    pretrain = next(r for r in children if r.data.tags["llmpipe.stage"] == "pretrain")
+    assert pretrain.data.params["training.learning_rate"] == "0.003"
+    history = client.get_metric_history(pretrain.info.run_id, "eval_validation_loss")
+    assert len(history) >= 3 and history[-1].value < history[0].value  # logged by step by Trainer's callback
+    assert "val_loss" in pretrain.data.metrics
+
+
+def test_second_repro_does_nothing(repo):
+    result = sh(repo, "dvc", "repro")
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in result.stdout
+    _, runs = mlflow_runs(repo)
+    assert len(runs) == 1 + len(STAGES)
+
+
+def test_exp_run_with_a_recipe_value_reruns_pretrain_and_shows_in_dvc(repo):
+    sh(repo, "dvc", "exp", "run", "-S", "recipes/test/pretrain.yaml:training.learning_rate=0.001")
+    baseline = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)[1]
+    (experiment,) = baseline["experiments"][0]["revs"]
+    assert experiment["data"]["params"]["recipes/test/pretrain.yaml"]["data"]["training"]["learning_rate"] == 0.001
+    assert experiment["data"]["metrics"]["metrics/pretrain.json"]["data"]["val_loss"] > 0
+    assert "training.learning_rate" in sh(repo, "dvc", "params", "diff").stdout
+    assert "val_loss" in sh(repo, "dvc", "metrics", "show").stdout
+    sh(repo, "dvc", "plots", "show", "-o", "dvc_plots")
+    assert (repo / "dvc_plots/index.html").is_file()
+    _, runs = mlflow_runs(repo)
+    exp_runs = [r for r in runs if r.data.tags.get("dvc.exp_name")]
+    assert [r.data.tags.get("llmpipe.stage") for r in exp_runs if "mlflow.parentRunId" in r.data.tags] == ["pretrain"]

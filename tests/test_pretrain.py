@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from llmpipe.errors import UserError
+from llmpipe.stages.pretrain import PretrainRecipe, build_model, causal_lm_batch, check_recipe, loss_curve
+
+
+def test_batch_labels_keep_the_end_of_text_token(tokenizer):
+    eos = tokenizer.eos_token_id
+    batch = causal_lm_batch([{"input_ids": [5, 6, eos, 7]}, {"input_ids": [eos, 1, 2, 3]}])
+    assert torch.equal(batch["labels"], batch["input_ids"])
+    assert (batch["labels"] == eos).sum() == 2  # pad == eos, yet no EOS is masked out of the loss
+
+
+@pytest.mark.parametrize(
+    "recipe, culprit",
+    [
+        (PretrainRecipe(model={"n_embd": 100, "n_head": 3}), r"`model.n_embd` \(100\) must be divisible by `model.n_head` \(3\)"),
+        (PretrainRecipe(training={"output_dir": "x"}), "`training.output_dir` is set by llmpipe"),
+        (PretrainRecipe(model={"eos_token_id": 3}), "`model.eos_token_id` is set by llmpipe from the tokenizer"),
+        (PretrainRecipe(init_from="gpt2", model={"n_layer": 2}), "`model` must be empty with `init_from`"),
+    ],
+)
+def test_recipe_mistakes_are_named(recipe, culprit, tmp_path):
+    with pytest.raises(UserError, match=culprit):
+        check_recipe(recipe, tmp_path / "pretrain.yaml")
+
+
+def test_model_takes_vocabulary_and_special_ids_from_the_tokenizer(tokenizer, tmp_path):
+    model = build_model(PretrainRecipe(model={"n_embd": 16, "n_layer": 1, "n_head": 2, "n_positions": 32}), tokenizer, 32, tmp_path)
+    assert model.config.vocab_size == len(tokenizer)
+    assert model.config.eos_token_id == model.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert model.config.bos_token_id == tokenizer.bos_token_id != 50256
+
+
+def test_context_longer_than_the_model_is_named(tokenizer, tmp_path):
+    with pytest.raises(UserError, match=r"blocks have 64 tokens but the model's n_positions is 32"):
+        build_model(PretrainRecipe(model={"n_embd": 16, "n_layer": 1, "n_head": 2, "n_positions": 32}), tokenizer, 64, tmp_path)
+
+
+def test_loss_curve_merges_the_two_evaluations_of_each_step():
+    history = [
+        {"loss": 5.0, "step": 5},
+        {"eval_train_loss": 4.0, "step": 10},
+        {"eval_validation_loss": 4.5, "step": 10},
+    ]
+    csv = loss_curve({"eval_train_loss": 7.0, "eval_validation_loss": 7.1}, history, tokens_per_step=100)
+    assert csv.splitlines() == ["step,tokens_seen,train_loss,val_loss", "0,0,7.0,7.1", "10,1000,4.0,4.5"]
