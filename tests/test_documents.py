@@ -47,3 +47,15 @@ def test_non_utf8_file_is_named_with_its_byte_offset(tmp_path):
 def test_pattern_matching_nothing_is_named(tmp_path):
     with pytest.raises(UserError, match="nothing-here"):
         load(DataParams(files=[str(tmp_path / "nothing-here*.txt")]))
+
+
+def test_dataset_source_goes_through_datasets_load_dataset(tmp_path):
+    from llmpipe.params import HubDataset
+
+    folder = tmp_path / "local_dataset"  # a local folder takes the same path as a Hub id
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("\n".join(f'{{"body": "document {i}"}}' for i in range(10)))
+    docs = load(DataParams(hub=[HubDataset(path=str(folder), column="body")], validation_fraction=0.2))
+    assert len(docs.splits["validation"]) == 2 and len(docs.splits["train"]) == 8
+    with pytest.raises(UserError, match="has no column 'text'; its columns are \\['body'\\]"):
+        load(DataParams(hub=[HubDataset(path=str(folder))]))

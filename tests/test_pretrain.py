@@ -46,3 +46,10 @@ def test_loss_curve_merges_the_two_evaluations_of_each_step():
     ]
     csv = loss_curve({"eval_train_loss": 7.0, "eval_validation_loss": 7.1}, history, tokens_per_step=100)
     assert csv.splitlines() == ["step,tokens_seen,train_loss,val_loss", "0,0,7.0,7.1", "10,1000,4.0,4.5"]
+
+
+def test_init_from_continues_from_saved_weights(tiny_model, tokenizer, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    model = build_model(PretrainRecipe(init_from=str(tmp_path)), tokenizer, 32, tmp_path)
+    for name, weight in tiny_model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], weight), name

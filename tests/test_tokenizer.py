@@ -62,3 +62,11 @@ def test_stage_trains_on_train_documents_only(tmp_path):
     assert all(word_token(doc) in vocab for doc in splits["train"]["text"])
     assert not any(word_token(doc) in vocab for doc in splits["validation"]["text"])
     assert json.loads((tmp_path / "m.json").read_text())["vocab_size"] == len(vocab)
+
+
+def test_init_from_takes_an_existing_tokenizer(tokenizer, tmp_path):
+    from llmpipe.stages.tokenizer import pretrained
+
+    tokenizer.save_pretrained(tmp_path)
+    taken = pretrained(str(tmp_path))
+    assert taken.get_vocab() == tokenizer.get_vocab() and taken.pad_token == "<|endoftext|>"
