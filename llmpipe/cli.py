@@ -10,7 +10,11 @@ COMMANDS = {
     "tokenizer": ("llmpipe.stages.tokenizer", "train a byte-level BPE tokenizer on the train documents (book ch2)"),
     "corpus": ("llmpipe.stages.corpus", "tokenize the documents and cut them into blocks with a sliding window (ch2)"),
     "pretrain": ("llmpipe.stages.pretrain", "pretrain GPT-2 from config, or continue from given weights (ch4-5, app. D)"),
+    "classify": ("llmpipe.stages.classify", "fine-tune the pretrained model as a spam classifier, beside a TF-IDF baseline (ch6)"),
+    "sft": ("llmpipe.stages.sft", "instruction fine-tuning with TRL's SFTTrainer, loss on responses only (ch7)"),
+    "lora": ("llmpipe.stages.lora", "the instruction task with LoRA adapters (PEFT), plus a merged model (app. E)"),
     "generate": ("llmpipe.generate", "continue a prompt with a trained model: greedy, temperature, top-k, top-p (ch5.3)"),
+    "classify-text": ("llmpipe.classify_text", "label texts as ham or spam with a trained classifier"),
 }
 
 

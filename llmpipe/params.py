@@ -41,6 +41,8 @@ class Params:
     recipe: str
     accelerate_config: str
     data: DataParams
+    classify_data: str = "data/sms_spam/SMSSpamCollection"  # `ham|spam<TAB>text` lines
+    instruction_data: str = "data/instruction-data.json"  # JSON or JSONL: instruction/input/output, or messages
     mlflow: MlflowParams = field(default_factory=MlflowParams)
 
     def recipe_file(self, stage: str) -> Path:

@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from datasets import Dataset
+
 from llmpipe import atomic, config, params as pipeline_params
+from llmpipe.errors import UserError
 from llmpipe.tracking import StageRun, is_main_process
 
 
@@ -22,6 +26,20 @@ def add_common_arguments(parser: argparse.ArgumentParser, stage: str, schema: ty
     parser.add_argument("--metrics", default=f"metrics/{stage}.json", help="metrics JSON to write (default: %(default)s)")
     parser.epilog = "recipe keys: " + describe(schema)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, stage: str, schema: type, base: bool = True) -> None:
+    """The common options plus a training stage's model folder and checkpoints (and its base model)."""
+    add_common_arguments(parser, stage, schema)
+    if base:
+        parser.add_argument("--base", default="artifacts/pretrain", help="model to start from unless the recipe's init_from is set (default: %(default)s)")
+    parser.add_argument("--output", default=f"artifacts/{stage}", help="folder to write (default: %(default)s)")
+    parser.add_argument("--checkpoints", default=f"checkpoints/{stage}", help="Trainer checkpoints (default: %(default)s)")
+
+
+def train_probe(train: Dataset, size: int) -> Dataset:
+    """The first `size` train rows, scored beside validation so train and validation loss compare (the book's plot)."""
+    return train.select(range(min(size, len(train))))
 
 
 def describe(schema: type) -> str:
@@ -58,6 +76,19 @@ class Stage:
             print(f"{self.name}: {summary} [{metrics['seconds']:.0f}s]", flush=True)
         self.tracker.log_metrics(metrics)
         self.tracker.log_artifact(self.metrics_path, "metrics")
+
+
+def training_arguments(cls: type, settings: dict, checkpoints: str, job: Stage, **defaults: Any):
+    """`TrainingArguments` (or a subclass such as TRL's `SFTConfig`) from the recipe's `training`
+    section; llmpipe owns where checkpoints go and where metrics are reported."""
+    for key in ("output_dir", "report_to"):
+        if key in settings:
+            raise UserError(f"{job.recipe_path}: `training.{key}` is set by llmpipe (--checkpoints, params.yaml mlflow); remove it")
+    defaults = {"dataloader_pin_memory": torch.cuda.is_available(), **defaults}  # pinning is for GPU copies
+    try:
+        return cls(**{**defaults, **settings}, output_dir=checkpoints, report_to=job.tracker.report_to)
+    except ValueError as err:
+        raise UserError(f"{job.recipe_path}: training: {err}") from None
 
 
 def begin(args: argparse.Namespace, name: str, schema: type) -> Stage:

@@ -132,3 +132,7 @@ class StageRun:
     def log_text(self, text: str, artifact_file: str) -> None:
         if self._mlflow:
             self._mlflow.log_text(text, artifact_file)
+
+    def log_table(self, columns: dict[str, list], artifact_file: str) -> None:
+        if self._mlflow:
+            self._mlflow.log_table(data=columns, artifact_file=artifact_file)

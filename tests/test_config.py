@@ -1,13 +1,17 @@
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
 import yaml
-from transformers import GPT2Config, TrainingArguments
+from transformers import TrainingArguments
 
 from llmpipe import config
 from llmpipe.errors import UserError
+from llmpipe.stages.classify import ClassifyRecipe
 from llmpipe.stages.corpus import CorpusRecipe
+from llmpipe.stages.lora import LoraRecipe
 from llmpipe.stages.pretrain import PretrainRecipe
+from llmpipe.stages.sft import SftRecipe
 from llmpipe.stages.tokenizer import TokenizerRecipe
 from tests.conftest import REPO, run_cli
 
@@ -84,17 +88,22 @@ def test_nested_dataclasses_and_literals_are_checked(tmp_path):
         params.load(write(tmp_path, {"recipe": "x", "accelerate_config": "y", "data": {"documents": "pages"}}))
 
 
-SCHEMAS = {"tokenizer": TokenizerRecipe, "corpus": CorpusRecipe, "pretrain": PretrainRecipe}
+SCHEMAS = {
+    "tokenizer": TokenizerRecipe, "corpus": CorpusRecipe, "pretrain": PretrainRecipe,
+    "classify": ClassifyRecipe, "sft": SftRecipe, "lora": LoraRecipe,
+}
 STAGE_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate")
 
 
 @pytest.mark.parametrize("path", STAGE_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_recipe_is_valid_and_builds_its_library_objects(path, tmp_path):
-    recipe = config.load(SCHEMAS[path.stem], path)
-    if getattr(recipe, "model", None):
-        GPT2Config(**recipe.model)
-    if getattr(recipe, "training", None):
-        TrainingArguments(output_dir=str(tmp_path), report_to=[], **recipe.training)
+    schema = SCHEMAS[path.stem]
+    recipe = config.load(schema, path)
+    for field in dataclasses.fields(schema):
+        library, settings = field.metadata.get("library"), getattr(recipe, field.name)
+        if library is not None and settings:
+            owned = {"output_dir": str(tmp_path), "report_to": []} if issubclass(library, TrainingArguments) else {}
+            library(**settings, **owned)
 
 
 def test_every_recipe_folder_has_every_stage():

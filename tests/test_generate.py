@@ -27,8 +27,8 @@ def test_top_k_one_is_greedy(tiny_model, tokenizer):
 def test_empty_prompt_and_too_many_tokens_are_errors(tiny_model, tokenizer):
     with pytest.raises(UserError, match="prompt is empty"):
         continue_text(tiny_model, tokenizer, "  ", decoding(tokenizer, 5))
-    with pytest.raises(UserError, match="exceeds the model's context of 64 tokens"):
-        continue_text(tiny_model, tokenizer, "The", decoding(tokenizer, 100))
+    with pytest.raises(UserError, match="exceeds the model's context of 256 tokens"):
+        continue_text(tiny_model, tokenizer, "The", decoding(tokenizer, 300))
 
 
 def test_cli_streams_the_same_tokens_the_saved_model_generates(tiny_model, tokenizer, tmp_path):

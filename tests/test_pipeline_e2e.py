@@ -7,15 +7,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from datasets import load_from_disk
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from llmpipe.packing import count_blocks
-from tests.conftest import copy_repo
+from tests.conftest import copy_repo, run_cli
 
 BIN = Path(sys.executable).parent
-STAGES = ["tokenizer", "corpus", "pretrain"]
+STAGES = ["tokenizer", "corpus", "pretrain", "classify", "sft", "lora"]
 
 
 def sh(repo: Path, *argv: str) -> subprocess.CompletedProcess:
@@ -69,6 +71,38 @@ def test_every_stage_writes_its_outputs_and_metrics(repo):
     assert (repo / "artifacts/pretrain/model.safetensors").is_file()
 
 
+def test_fine_tuning_stages_write_their_metrics(repo):
+    classify = json.loads((repo / "metrics/classify.json").read_text())
+    for split in ("train", "validation", "test"):
+        for key in ("accuracy", "precision", "recall", "f1"):
+            assert 0 <= classify[f"{split}_{key}"] <= 1 and 0 <= classify[f"baseline_{split}_{key}"] <= 1
+    assert 0 < classify["trainable_fraction"] < 0.5  # the test recipe trains LoRA adapters
+    for stage in ("sft", "lora"):
+        metrics = json.loads((repo / f"metrics/{stage}.json").read_text())
+        assert metrics["val_loss"] < metrics["initial_val_loss"], stage
+    assert json.loads((repo / "metrics/lora.json").read_text())["trainable_fraction"] < 0.5
+
+
+def test_classifier_labels_texts_from_the_cli(repo):
+    result = run_cli("classify-text", "--model", str(repo / "artifacts/classify"), "Free entry! Win cash now", "ok see you")
+    assert result.returncode == 0, result.stderr
+    assert [line.split("\t")[0] in ("ham", "spam") for line in result.stdout.splitlines()] == [True, True]
+
+
+def test_instruction_models_load_with_stock_loaders(repo):
+    base = AutoModelForCausalLM.from_pretrained(repo / "artifacts/pretrain")
+    adapted = PeftModel.from_pretrained(base, repo / "artifacts/lora/adapter")
+    merged = AutoModelForCausalLM.from_pretrained(repo / "artifacts/lora/merged")
+    inputs = AutoTokenizer.from_pretrained(repo / "artifacts/lora/merged")(["Name a colour."], return_tensors="pt")
+    torch.testing.assert_close(merged(**inputs).logits, adapted(**inputs).logits, atol=1e-4, rtol=1e-4)
+    for folder in ("artifacts/sft", "artifacts/lora/merged"):
+        tokenizer = AutoTokenizer.from_pretrained(repo / folder)
+        config = AutoModelForCausalLM.from_pretrained(repo / folder).generation_config
+        assert config.eos_token_id == tokenizer.eos_token_id and config.pad_token_id == tokenizer.pad_token_id
+        generator = pipeline("text-generation", model=str(repo / folder), max_new_tokens=5, do_sample=False)
+        assert generator("### Instruction:\nName a colour.", return_full_text=False)[0]["generated_text"] is not None
+
+
 def test_saved_model_loads_with_stock_transformers_and_generates(repo):
     folder = str(repo / "artifacts/pretrain")
     model = AutoModelForCausalLM.from_pretrained(folder)
@@ -92,6 +126,8 @@ def test_mlflow_holds_one_parent_with_a_nested_run_per_stage(repo):
     history = client.get_metric_history(pretrain.info.run_id, "eval_validation_loss")
     assert len(history) >= 3 and history[-1].value < history[0].value  # logged by step by Trainer's callback
     assert "val_loss" in pretrain.data.metrics
+    sft = next(r for r in children if r.data.tags["llmpipe.stage"] == "sft")
+    assert "validation_responses.json" in [a.path for a in client.list_artifacts(sft.info.run_id)]
 
 
 def test_second_repro_does_nothing(repo):
@@ -114,4 +150,5 @@ def test_exp_run_with_a_recipe_value_reruns_pretrain_and_shows_in_dvc(repo):
     assert (repo / "dvc_plots/index.html").is_file()
     _, runs = mlflow_runs(repo)
     exp_runs = [r for r in runs if r.data.tags.get("dvc.exp_name")]
-    assert [r.data.tags.get("llmpipe.stage") for r in exp_runs if "mlflow.parentRunId" in r.data.tags] == ["pretrain"]
+    rerun = sorted(r.data.tags.get("llmpipe.stage") for r in exp_runs if "mlflow.parentRunId" in r.data.tags)
+    assert rerun == sorted(["pretrain", "classify", "sft", "lora"])  # pretrain and what depends on it

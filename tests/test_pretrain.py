@@ -16,7 +16,6 @@ def test_batch_labels_keep_the_end_of_text_token(tokenizer):
     "recipe, culprit",
     [
         (PretrainRecipe(model={"n_embd": 100, "n_head": 3}), r"`model.n_embd` \(100\) must be divisible by `model.n_head` \(3\)"),
-        (PretrainRecipe(training={"output_dir": "x"}), "`training.output_dir` is set by llmpipe"),
         (PretrainRecipe(model={"eos_token_id": 3}), "`model.eos_token_id` is set by llmpipe from the tokenizer"),
         (PretrainRecipe(init_from="gpt2", model={"n_layer": 2}), "`model` must be empty with `init_from`"),
     ],

@@ -17,13 +17,7 @@ from llmpipe import artifacts, atomic, generate, stage
 from llmpipe.config import library_section
 from llmpipe.errors import UserError
 
-SET_BY_LLMPIPE = {
-    "training.output_dir": "--checkpoints",
-    "training.report_to": "params.yaml mlflow.enabled",
-    "model.bos_token_id": "the tokenizer",
-    "model.eos_token_id": "the tokenizer",
-    "model.pad_token_id": "the tokenizer",
-}
+SET_FROM_TOKENIZER = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
 @dataclass
@@ -44,10 +38,9 @@ def causal_lm_batch(features: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def check_recipe(recipe: PretrainRecipe, source: Path) -> None:
-    for key, owner in SET_BY_LLMPIPE.items():
-        section, name = key.split(".")
-        if name in getattr(recipe, section):
-            raise UserError(f"{source}: `{key}` is set by llmpipe from {owner}; remove it from the recipe")
+    for name in SET_FROM_TOKENIZER:
+        if name in recipe.model:
+            raise UserError(f"{source}: `model.{name}` is set by llmpipe from the tokenizer; remove it from the recipe")
     if recipe.init_from and recipe.model:
         raise UserError(f"{source}: `model` must be empty with `init_from` (the architecture comes from {recipe.init_from})")
     n_embd, n_head = recipe.model.get("n_embd", 768), recipe.model.get("n_head", 12)
@@ -75,17 +68,6 @@ def build_model(recipe: PretrainRecipe, tokenizer, context_length: int, source: 
     return model
 
 
-def training_arguments(recipe: PretrainRecipe, checkpoints: str, report_to: list[str], source: Path) -> TrainingArguments:
-    try:
-        return TrainingArguments(
-            **{"include_num_input_tokens_seen": True, **recipe.training},
-            output_dir=checkpoints,
-            report_to=report_to,
-        )
-    except ValueError as err:
-        raise UserError(f"{source}: training: {err}") from None
-
-
 def loss_curve(initial: dict, log_history: list[dict], tokens_per_step: int) -> str:
     """plots/pretrain.csv: one row per evaluation, train and validation loss side by side (the book's plot)."""
     by_step = {0: initial}
@@ -101,11 +83,9 @@ def loss_curve(initial: dict, log_history: list[dict], tokens_per_step: int) -> 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    stage.add_common_arguments(parser, "pretrain", PretrainRecipe)
+    stage.add_training_arguments(parser, "pretrain", PretrainRecipe, base=False)
     parser.add_argument("--tokenizer", default="artifacts/tokenizer", help="tokenizer folder (default: %(default)s)")
     parser.add_argument("--corpus", default="artifacts/corpus", help="packed corpus folder (default: %(default)s)")
-    parser.add_argument("--output", default="artifacts/pretrain", help="model folder to write (default: %(default)s)")
-    parser.add_argument("--checkpoints", default="checkpoints/pretrain", help="Trainer checkpoints (default: %(default)s)")
     parser.add_argument("--plots", default="plots/pretrain.csv", help="loss curves CSV (default: %(default)s)")
 
 
@@ -119,11 +99,13 @@ def main(args: argparse.Namespace) -> None:
     except FileNotFoundError:
         raise UserError(f"{args.corpus}: no packed corpus here; run `llmpipe corpus` first") from None
     context_length = len(corpus["train"][0]["input_ids"])
-    train_eval = corpus["train"].select(range(min(recipe.train_eval_blocks or len(corpus["validation"]), len(corpus["train"]))))
+    train_eval = stage.train_probe(corpus["train"], recipe.train_eval_blocks or len(corpus["validation"]))
 
     with job.tracker:
         job.log_config()
-        training = training_arguments(recipe, args.checkpoints, job.tracker.report_to, job.recipe_path)
+        training = stage.training_arguments(
+            TrainingArguments, recipe.training, args.checkpoints, job, include_num_input_tokens_seen=True
+        )
         set_seed(training.seed)
         model = build_model(recipe, tokenizer, context_length, job.recipe_path)
         trainer = Trainer(

@@ -1,0 +1,118 @@
+"""Instruction data (book ch7): load entries, split them, and render them as prompt + completion.
+
+An entry is either `{"instruction", "input" (optional), "output"}` (the book's, Alpaca's) or
+`{"messages": [{"role", "content"}, ...]}` ending with the assistant's answer. Files are JSON (a list)
+or JSONL (one entry per line).
+"""
+
+import json
+from pathlib import Path
+
+from llmpipe.documents import read_text
+from llmpipe.errors import UserError
+
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+RESPONSE_MARKER = "\n\n### Response:\n"
+
+# A minimal chat template for models that have none: each turn is `<|role|>\n...`, the assistant's turn
+# ends with the EOS token so the model learns to stop.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
+def load(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found (params.yaml `instruction_data`)")
+    text = read_text(path)
+    try:
+        if path.suffix == ".jsonl":
+            entries = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            entries = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{path}: expected a non-empty list of entries")
+    for index, entry in enumerate(entries):
+        _check(entry, index, path)
+    return entries
+
+
+def _check(entry: object, index: int, path: Path) -> None:
+    where = f"{path}: entry {index}"
+    if not isinstance(entry, dict):
+        raise UserError(f"{where}: expected an object, got {type(entry).__name__}")
+    if "messages" in entry:
+        messages = entry["messages"]
+        if not isinstance(messages, list) or len(messages) < 2 or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+        ):
+            raise UserError(f"{where}: `messages` must be a list of at least two {{role, content}} objects")
+        if messages[-1]["role"] != "assistant":
+            raise UserError(f"{where}: the last message must be the assistant's answer")
+        return
+    for key in ("instruction", "output"):
+        if not isinstance(entry.get(key), str):
+            raise UserError(f"{where}: missing `{key}` (a string); entries need instruction and output, or messages")
+    if not isinstance(entry.get("input", ""), str):
+        raise UserError(f"{where}: `input` must be a string")
+
+
+def split(entries: list[dict], fractions: dict[str, float]) -> dict[str, list[dict]]:
+    """Contiguous parts in the order given (the book: first 85 % train, next 10 % test, last 5 % validation)."""
+    if set(fractions) != {"train", "validation", "test"} or abs(sum(fractions.values()) - 1) > 1e-6:
+        raise UserError("`split` needs train, test and validation fractions that add up to 1")
+    parts, start = {}, 0
+    names = list(fractions)
+    for position, name in enumerate(names):
+        end = len(entries) if position == len(names) - 1 else start + int(len(entries) * fractions[name])
+        parts[name] = entries[start:end]
+        start = end
+        if not parts[name]:
+            raise UserError(f"the {name} split is empty ({len(entries)} entries); change `split` or add data")
+    return parts
+
+
+def as_messages(entry: dict) -> list[dict]:
+    if "messages" in entry:
+        return entry["messages"]
+    request = entry["instruction"] + (f"\n\n{entry['input']}" if entry.get("input") else "")
+    return [{"role": "user", "content": request}, {"role": "assistant", "content": entry["output"]}]
+
+
+def alpaca_prompt(entry: dict) -> str:
+    """The book's `format_input` plus the response marker: everything the model sees before answering."""
+    if "messages" in entry:
+        messages = entry["messages"]
+        if [m["role"] for m in messages] != ["user", "assistant"]:
+            raise UserError("an entry with system or several turns needs `prompt_format: chat`")
+        entry = {"instruction": messages[0]["content"], "output": messages[1]["content"]}
+    text = f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{entry['instruction']}"
+    if entry.get("input"):
+        text += f"\n\n### Input:\n{entry['input']}"
+    return text + RESPONSE_MARKER
+
+
+def prompt_completion(entry: dict, prompt_format: str) -> dict:
+    """TRL's prompt-completion format: the loss is computed on the completion only."""
+    if prompt_format == "chat":
+        messages = as_messages(entry)
+        return {"prompt": messages[:-1], "completion": messages[-1:]}
+    return {"prompt": alpaca_prompt(entry), "completion": as_messages(entry)[-1]["content"]}
+
+
+def reference(entry: dict) -> str:
+    return as_messages(entry)[-1]["content"]
+
+
+def prompt_text(entry: dict, prompt_format: str, tokenizer) -> str:
+    """What to feed `generate` for this entry."""
+    if prompt_format == "chat":
+        return tokenizer.apply_chat_template(as_messages(entry)[:-1], tokenize=False, add_generation_prompt=True)
+    return alpaca_prompt(entry)

@@ -1,0 +1,122 @@
+"""Stage `classify` (book ch6, appendix E): spam classification with `GPT2ForSequenceClassification`
+(the last token's logits) on the pretrained model, trained by `Trainer`; what trains is a recipe choice.
+A TF-IDF + logistic-regression baseline is scored on the same split."""
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from peft import LoraConfig, TaskType, get_peft_model
+from transformers import (
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from llmpipe import adapters, artifacts, atomic, baseline, spam, stage
+from llmpipe.config import library_section
+from llmpipe.errors import UserError
+from llmpipe.scores import classification_scores
+
+
+@dataclass
+class ClassifyRecipe:
+    init_from: str | None = None  # Hub id or folder (e.g. gpt2); default: the pretrain stage's model (--base)
+    trainable: Literal["last_block", "all", "lora"] = "last_block"  # last_block: head + last block + final LayerNorm
+    split: spam.SpamSplit = field(default_factory=spam.SpamSplit)
+    max_length: int | None = None  # tokens kept per message; default: the model's context
+    lora: dict = library_section(LoraConfig)  # with trainable: lora
+    training: dict = library_section(TrainingArguments)
+
+
+def load_classifier(source: str) -> PreTrainedModel:
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=len(spam.LABELS), id2label=dict(enumerate(spam.LABELS)),
+            label2id={label: i for i, label in enumerate(spam.LABELS)}, use_safetensors=True,
+        )
+    except (OSError, ValueError) as err:
+        raise UserError(f"{source}: cannot load a model to classify with ({str(err).splitlines()[0]})") from None
+
+
+def select_trainable(model: PreTrainedModel, trainable: str, lora: dict) -> PreTrainedModel:
+    """`last_block` freezes all but the head, the last transformer block and the final LayerNorm."""
+    if trainable == "lora":
+        return get_peft_model(model, adapters.lora_config(lora, TaskType.SEQ_CLS))
+    if trainable == "last_block":
+        model.requires_grad_(False)
+        for part in (model.score, model.transformer.h[-1], model.transformer.ln_f):
+            part.requires_grad_(True)
+    return model
+
+
+def parameter_counts(model) -> dict[str, float]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable_parameters": trainable, "total_parameters": total, "trainable_fraction": round(trainable / total, 4)}
+
+
+def compute_scores(prediction) -> dict[str, float]:
+    return classification_scores(prediction.label_ids, np.argmax(prediction.predictions, axis=-1))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    stage.add_training_arguments(parser, "classify", ClassifyRecipe)
+
+
+def main(args: argparse.Namespace) -> None:
+    job = stage.begin(args, "classify", ClassifyRecipe)
+    recipe = job.recipe
+    splits = spam.balanced_splits(spam.read_messages(job.params.classify_data), recipe.split)
+    source = recipe.init_from or args.base
+    tokenizer = artifacts.load_tokenizer(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    with job.tracker:
+        job.log_config()
+        training = stage.training_arguments(TrainingArguments, recipe.training, args.checkpoints, job)
+        set_seed(training.seed)
+        model = load_classifier(source)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        max_length = recipe.max_length or model.config.n_positions
+        encoded = splits.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length), batched=True)
+        model = select_trainable(model, recipe.trainable, recipe.lora)
+        counts = parameter_counts(model)
+        trainer = Trainer(
+            model=model,
+            args=training,
+            train_dataset=encoded["train"],
+            eval_dataset=encoded["validation"],
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=compute_scores,
+        )
+        trainer.train()
+        final = trainer.evaluate(eval_dataset=dict(encoded))
+        if not trainer.is_world_process_zero():
+            return
+
+        with atomic.directory(args.output) as staging:
+            if recipe.trainable == "lora":
+                model.save_pretrained(staging / "adapter")
+                model = model.merge_and_unload()
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+        job.tracker.log_model_folder(args.output)
+
+        metrics = dict(counts)
+        for split in splits:
+            for key in ("accuracy", "precision", "recall", "f1"):
+                metrics[f"{split}_{key}"] = round(final[f"eval_{split}_{key}"], 4)
+        metrics |= baseline.tfidf_logreg(splits, training.seed)
+        job.finish(
+            metrics,
+            f"spam classifier ({recipe.trainable}: {counts['trainable_parameters'] / 1e6:.2f}M of "
+            f"{counts['total_parameters'] / 1e6:.2f}M parameters trained) -> {Path(args.output)}: test accuracy "
+            f"{metrics['test_accuracy']:.2%}, TF-IDF baseline {metrics['baseline_test_accuracy']:.2%}",
+        )

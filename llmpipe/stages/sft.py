@@ -1,0 +1,125 @@
+"""Stage `sft` (book ch7): instruction fine-tuning with TRL's `SFTTrainer` on prompt + completion pairs,
+so only the response (and its EOS) counts in the loss. The `lora` stage runs the same flow with a
+PEFT adapter."""
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+from datasets import Dataset
+from transformers import PreTrainedModel, set_seed
+from trl import SFTConfig, SFTTrainer
+
+from llmpipe import artifacts, atomic, generate, instructions, stage
+from llmpipe.config import library_section
+
+
+@dataclass
+class SftRecipe:
+    init_from: str | None = None  # Hub id or folder (e.g. gpt2-medium); default: the pretrain stage's model (--base)
+    prompt_format: Literal["alpaca", "chat"] = "alpaca"  # chat: the tokenizer's chat template (a minimal one if it has none)
+    split: dict[str, float] = field(default_factory=lambda: {"train": 0.85, "test": 0.1, "validation": 0.05})
+    sample_responses: int = 3  # validation responses generated after training and logged to MLflow
+    max_new_tokens: int = 64  # for those responses
+    training: dict = library_section(SFTConfig)
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str = "sft", schema: type = SftRecipe) -> None:
+    stage.add_training_arguments(parser, name, schema)
+
+
+def prompt_completion_splits(entries: dict[str, list[dict]], prompt_format: str) -> dict[str, Dataset]:
+    return {
+        name: Dataset.from_list([instructions.prompt_completion(entry, prompt_format) for entry in part])
+        for name, part in entries.items()
+    }
+
+
+def main(args: argparse.Namespace) -> None:
+    run(args, "sft", SftRecipe)
+
+
+def run(
+    args: argparse.Namespace,
+    name: str,
+    schema: type,
+    peft_config: Callable | None = None,
+    save: Callable[[SFTTrainer, object, Path], None] | None = None,
+) -> None:
+    """The instruction-tuning flow; `peft_config(recipe)` adds an adapter, `save(trainer, tokenizer, folder)`
+    writes the result (default: the fine-tuned model)."""
+    job = stage.begin(args, name, schema)
+    recipe = job.recipe
+    entries = instructions.split(instructions.load(job.params.instruction_data), recipe.split)
+    data = prompt_completion_splits(entries, recipe.prompt_format)
+    source = recipe.init_from or args.base
+    tokenizer = artifacts.load_tokenizer(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if recipe.prompt_format == "chat" and not tokenizer.chat_template:
+        tokenizer.chat_template = instructions.CHAT_TEMPLATE
+
+    with job.tracker:
+        job.log_config()
+        model = artifacts.load_causal_lm(source)
+        model.generation_config.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        training = stage.training_arguments(
+            SFTConfig, recipe.training, args.checkpoints, job, max_length=model.config.n_positions, completion_only_loss=True
+        )
+        set_seed(training.seed)
+        trainer = SFTTrainer(
+            model=model,
+            args=training,
+            train_dataset=data["train"],
+            eval_dataset={"train": stage.train_probe(data["train"], len(data["validation"])), "validation": data["validation"]},
+            processing_class=tokenizer,
+            peft_config=peft_config(recipe) if peft_config else None,
+        )
+        initial = trainer.evaluate()
+        trainer.train()
+        final = trainer.evaluate()
+        if not trainer.is_world_process_zero():
+            return
+
+        responses = validation_responses(trainer.model, tokenizer, entries["validation"][: recipe.sample_responses], recipe)
+        job.tracker.log_table(responses, "validation_responses.json")
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in trainer.model.parameters())
+        with atomic.directory(args.output) as staging:
+            (save or save_model)(trainer, tokenizer, staging)
+        job.tracker.log_model_folder(args.output)
+
+        metrics = {
+            "initial_train_loss": round(initial["eval_train_loss"], 4),
+            "initial_val_loss": round(initial["eval_validation_loss"], 4),
+            "train_loss": round(final["eval_train_loss"], 4),
+            "val_loss": round(final["eval_validation_loss"], 4),
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "trainable_fraction": round(trainable / total, 4),
+            "train_examples": len(data["train"]),
+        }
+        job.finish(
+            metrics,
+            f"instruction-tuned ({trainable / 1e6:.2f}M of {total / 1e6:.2f}M parameters trained) -> {Path(args.output)}: "
+            f"val loss {metrics['initial_val_loss']:.3f} -> {metrics['val_loss']:.3f}",
+        )
+
+
+def save_model(trainer: SFTTrainer, tokenizer, folder: Path) -> None:
+    trainer.save_model(str(folder))
+    tokenizer.save_pretrained(str(folder))
+
+
+def validation_responses(model: PreTrainedModel, tokenizer, entries: list[dict], recipe: SftRecipe) -> dict[str, list]:
+    model.eval()
+    table = {"instruction": [], "reference": [], "response": []}
+    for entry in entries:
+        prompt = instructions.prompt_text(entry, recipe.prompt_format, tokenizer)
+        room = model.config.n_positions - len(tokenizer(prompt)["input_ids"])
+        response = generate.continue_text(model, tokenizer, prompt, generate.decoding(tokenizer, min(recipe.max_new_tokens, room)))
+        table["instruction"].append(prompt)
+        table["reference"].append(instructions.reference(entry))
+        table["response"].append(response.strip())
+    return table

@@ -1,0 +1,62 @@
+import copy
+import json
+
+import pytest
+
+from llmpipe import instructions
+from llmpipe.errors import UserError
+from tests.conftest import REPO
+
+DATA = REPO / "data" / "instruction-data.json"
+
+
+def test_book_split_sizes_in_order():
+    entries = instructions.load(DATA)
+    parts = instructions.split(entries, {"train": 0.85, "test": 0.1, "validation": 0.05})
+    assert [len(parts[n]) for n in ("train", "test", "validation")] == [935, 110, 55]
+    assert parts["train"][0] == entries[0] and parts["validation"][-1] == entries[-1]
+
+
+def test_json_and_jsonl_give_the_same_entries(tmp_path):
+    entries = instructions.load(DATA)[:5]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(e) for e in entries))
+    assert instructions.load(tmp_path / "d.jsonl") == entries
+
+
+def test_alpaca_prompt_is_the_books_format():
+    entry = {"instruction": "Convert to passive.", "input": "The cat ate it.", "output": "It was eaten."}
+    assert instructions.prompt_completion(entry, "alpaca") == {
+        "prompt": "Below is an instruction that describes a task. Write a response that appropriately completes "
+        "the request.\n\n### Instruction:\nConvert to passive.\n\n### Input:\nThe cat ate it.\n\n### Response:\n",
+        "completion": "It was eaten.",
+    }
+    assert "### Input" not in instructions.alpaca_prompt({"instruction": "Say hi.", "input": "", "output": "hi"})
+
+
+def test_messages_entries_and_chat_format(tokenizer):
+    entry = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
+                          {"role": "assistant", "content": "Hello."}]}
+    pair = instructions.prompt_completion(entry, "chat")
+    assert pair["completion"] == [{"role": "assistant", "content": "Hello."}] and len(pair["prompt"]) == 2
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = instructions.CHAT_TEMPLATE
+    prompt = instructions.prompt_text(entry, "chat", tokenizer)
+    full = tokenizer.apply_chat_template(entry["messages"], tokenize=False)
+    assert full.startswith(prompt) and full[len(prompt):] == "Hello.<|endoftext|>\n"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('[{"instruction": "a", "output": "b"}, {"instruction": "c"}]', r"entry 1: missing `output`"),
+        ('[{"instruction": "a", "output": "b"},\n {"instruction": }]', r"not valid JSON at line 2, column 18"),
+        ('[{"messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "r"}]}]', "entry 0: the last message must be the assistant's"),
+        ('[]', "non-empty list"),
+        ('["just text"]', "entry 0: expected an object"),
+    ],
+)
+def test_malformed_data_is_named(tmp_path, content, message):
+    path = tmp_path / "data.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        instructions.load(path)
