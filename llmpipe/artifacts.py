@@ -29,3 +29,15 @@ def load_causal_lm(source: str | Path) -> PreTrainedModel:
         return AutoModelForCausalLM.from_pretrained(str(source), use_safetensors=True)
     except (OSError, ValueError, KeyError) as err:
         raise _not_loadable(str(source), "causal language model", err) from None
+
+
+def context_length(model: PreTrainedModel) -> int:
+    """Positions the model can attend over (GPT-2 names it n_positions; most others max_position_embeddings)."""
+    config = model.config
+    return config.n_positions if hasattr(config, "n_positions") else config.max_position_embeddings
+
+
+def parameter_counts(model) -> dict[str, float]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable_parameters": trainable, "total_parameters": total, "trainable_fraction": round(trainable / total, 4)}

@@ -4,6 +4,7 @@ import argparse
 
 from transformers import pipeline
 
+from llmpipe import artifacts
 from llmpipe.errors import UserError
 
 
@@ -17,6 +18,6 @@ def main(args: argparse.Namespace) -> None:
         classifier = pipeline("text-classification", model=args.model, model_kwargs={"use_safetensors": True})
     except (OSError, ValueError) as err:
         raise UserError(f"{args.model}: cannot load a classifier ({str(err).splitlines()[0]}); run `make repro` first") from None
-    context = classifier.model.config.n_positions
+    context = artifacts.context_length(classifier.model)
     for text, result in zip(args.texts, classifier(args.texts, truncation=True, max_length=context)):
         print(f"{result['label']}\t{result['score']:.3f}\t{text}")

@@ -38,7 +38,7 @@ def continue_text(
         raise UserError("the prompt is empty; give some text to continue")
     inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
     n_prompt = inputs["input_ids"].shape[1]
-    context = model.config.n_positions if hasattr(model.config, "n_positions") else model.config.max_position_embeddings
+    context = artifacts.context_length(model)
     if n_prompt + settings.max_new_tokens > context:
         raise UserError(
             f"the prompt ({n_prompt} tokens) plus max_new_tokens ({settings.max_new_tokens}) exceeds the "

@@ -1,7 +1,8 @@
 import torch
 from peft import PeftModel
 
-from llmpipe.stages.classify import parameter_counts, select_trainable
+from llmpipe.artifacts import parameter_counts
+from llmpipe.stages.classify import select_trainable
 from tests.conftest import run_cli
 
 

@@ -49,16 +49,12 @@ def select_trainable(model: PreTrainedModel, trainable: str, lora: dict) -> PreT
     if trainable == "lora":
         return get_peft_model(model, adapters.lora_config(lora, TaskType.SEQ_CLS))
     if trainable == "last_block":
+        if not hasattr(model, "transformer"):
+            raise UserError(f"`trainable: last_block` knows GPT-2's layout, not {type(model).__name__}'s; use all or lora")
         model.requires_grad_(False)
         for part in (model.score, model.transformer.h[-1], model.transformer.ln_f):
             part.requires_grad_(True)
     return model
-
-
-def parameter_counts(model) -> dict[str, float]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return {"trainable_parameters": trainable, "total_parameters": total, "trainable_fraction": round(trainable / total, 4)}
 
 
 def compute_scores(prediction) -> dict[str, float]:
@@ -84,10 +80,10 @@ def main(args: argparse.Namespace) -> None:
         set_seed(training.seed)
         model = load_classifier(source)
         model.config.pad_token_id = tokenizer.pad_token_id
-        max_length = recipe.max_length or model.config.n_positions
+        max_length = recipe.max_length or artifacts.context_length(model)
         encoded = splits.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length), batched=True)
         model = select_trainable(model, recipe.trainable, recipe.lora)
-        counts = parameter_counts(model)
+        counts = artifacts.parameter_counts(model)
         trainer = Trainer(
             model=model,
             args=training,

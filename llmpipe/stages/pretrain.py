@@ -57,10 +57,10 @@ def build_model(recipe: PretrainRecipe, tokenizer, context_length: int, source: 
         model = GPT2LMHeadModel(GPT2Config(**settings))
     if model.config.vocab_size < len(tokenizer):
         raise UserError(f"the model's vocab_size ({model.config.vocab_size}) is smaller than the tokenizer's ({len(tokenizer)})")
-    if model.config.n_positions < context_length:
+    if artifacts.context_length(model) < context_length:
         raise UserError(
             f"{source}: the corpus blocks have {context_length} tokens but the model's n_positions is "
-            f"{model.config.n_positions}; raise `model.n_positions` or lower the corpus context_length"
+            f"{artifacts.context_length(model)}; raise `model.n_positions` or lower the corpus context_length"
         )
     model.generation_config.update(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id

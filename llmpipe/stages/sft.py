@@ -65,7 +65,7 @@ def run(
         model = artifacts.load_causal_lm(source)
         model.generation_config.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         training = stage.training_arguments(
-            SFTConfig, recipe.training, args.checkpoints, job, max_length=model.config.n_positions, completion_only_loss=True
+            SFTConfig, recipe.training, args.checkpoints, job, max_length=artifacts.context_length(model), completion_only_loss=True
         )
         set_seed(training.seed)
         trainer = SFTTrainer(
@@ -84,8 +84,7 @@ def run(
 
         responses = validation_responses(trainer.model, tokenizer, entries["validation"][: recipe.sample_responses], recipe)
         job.tracker.log_table(responses, "validation_responses.json")
-        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in trainer.model.parameters())
+        counts = artifacts.parameter_counts(trainer.model)
         with atomic.directory(args.output) as staging:
             (save or save_model)(trainer, tokenizer, staging)
         job.tracker.log_model_folder(args.output)
@@ -95,14 +94,13 @@ def run(
             "initial_val_loss": round(initial["eval_validation_loss"], 4),
             "train_loss": round(final["eval_train_loss"], 4),
             "val_loss": round(final["eval_validation_loss"], 4),
-            "trainable_parameters": trainable,
-            "total_parameters": total,
-            "trainable_fraction": round(trainable / total, 4),
             "train_examples": len(data["train"]),
+            **counts,
         }
         job.finish(
             metrics,
-            f"instruction-tuned ({trainable / 1e6:.2f}M of {total / 1e6:.2f}M parameters trained) -> {Path(args.output)}: "
+            f"instruction-tuned ({counts['trainable_parameters'] / 1e6:.2f}M of {counts['total_parameters'] / 1e6:.2f}M "
+            f"parameters trained) -> {Path(args.output)}: "
             f"val loss {metrics['initial_val_loss']:.3f} -> {metrics['val_loss']:.3f}",
         )
 
@@ -117,7 +115,7 @@ def validation_responses(model: PreTrainedModel, tokenizer, entries: list[dict],
     table = {"instruction": [], "reference": [], "response": []}
     for entry in entries:
         prompt = instructions.prompt_text(entry, recipe.prompt_format, tokenizer)
-        room = model.config.n_positions - len(tokenizer(prompt)["input_ids"])
+        room = artifacts.context_length(model) - len(tokenizer(prompt)["input_ids"])
         response = generate.continue_text(model, tokenizer, prompt, generate.decoding(tokenizer, min(recipe.max_new_tokens, room)))
         table["instruction"].append(prompt)
         table["reference"].append(instructions.reference(entry))
