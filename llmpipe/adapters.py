@@ -1,5 +1,7 @@
-"""LoRA settings shared by the classifier and the instruction stages (book appendix E: r 16, alpha 16,
+"""LoRA settings and saving shared by the classifier and the instruction stages (book appendix E: r 16, alpha 16,
 every linear layer)."""
+
+from pathlib import Path
 
 from peft import LoraConfig, TaskType
 
@@ -11,3 +13,13 @@ def lora_config(settings: dict, task_type: TaskType) -> LoraConfig:
     stored transposed), which `fan_in_fan_out` tells PEFT."""
     defaults = {"r": 16, "lora_alpha": 16, "target_modules": GPT2_LINEAR_LAYERS, "fan_in_fan_out": True}
     return LoraConfig(task_type=task_type, **{**defaults, **settings})
+
+
+def save_adapter_and_merged(model, tokenizer, adapter_dir: Path, merged_dir: Path) -> None:
+    """The adapter (loads with PeftModel.from_pretrained on the base) and the base with the adapter
+    merged in (loads with stock from_pretrained), each with the tokenizer."""
+    model.save_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    merged = model.merge_and_unload()
+    merged.save_pretrained(str(merged_dir))
+    tokenizer.save_pretrained(str(merged_dir))

@@ -1,6 +1,7 @@
 """Load what a stage saved (or a Hub id) with stock `from_pretrained`, failing with a message a user can act on."""
 
 from pathlib import Path
+from typing import Callable
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -16,19 +17,25 @@ def _not_loadable(source: str, what: str, err: Exception) -> UserError:
     return UserError(f"{source}: cannot load a {what} ({reason}); {fix}")
 
 
-def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
+def load_pretrained(load: Callable, source: str | Path, what: str, **kwargs):
+    """`load(source, **kwargs)` (a `from_pretrained`), with a message a user can act on if it fails."""
     try:
-        return AutoTokenizer.from_pretrained(str(source))
+        return load(str(source), **kwargs)
     except (OSError, ValueError, KeyError) as err:
-        raise _not_loadable(str(source), "tokenizer", err) from None
+        raise _not_loadable(str(source), what, err) from None
+
+
+def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer, padding with EOS when it has no pad token of its own (GPT-2's has none)."""
+    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, "tokenizer")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_causal_lm(source: str | Path) -> PreTrainedModel:
     """Weights load from safetensors only."""
-    try:
-        return AutoModelForCausalLM.from_pretrained(str(source), use_safetensors=True)
-    except (OSError, ValueError, KeyError) as err:
-        raise _not_loadable(str(source), "causal language model", err) from None
+    return load_pretrained(AutoModelForCausalLM.from_pretrained, source, "causal language model", use_safetensors=True)
 
 
 def context_length(model: PreTrainedModel) -> int:

@@ -9,12 +9,19 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 @contextlib.contextmanager
 def directory(target: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder next to `target`; on success it replaces `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it owner-only; the output should not be
     try:
         yield staging
     except BaseException:
@@ -37,6 +44,7 @@ def write_text(target: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(staging, 0o666 & ~_umask())  # mkstemp makes it owner-only
         os.replace(staging, target)
     except BaseException:
         Path(staging).unlink(missing_ok=True)

@@ -5,7 +5,6 @@ import argparse
 from transformers import pipeline
 
 from llmpipe import artifacts
-from llmpipe.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,10 +13,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    try:
-        classifier = pipeline("text-classification", model=args.model, model_kwargs={"use_safetensors": True})
-    except (OSError, ValueError) as err:
-        raise UserError(f"{args.model}: cannot load a classifier ({str(err).splitlines()[0]}); run `make repro` first") from None
+    classifier = artifacts.load_pretrained(
+        lambda source: pipeline("text-classification", model=source, model_kwargs={"use_safetensors": True}),
+        args.model, "classifier",
+    )
     context = artifacts.context_length(classifier.model)
     for text, result in zip(args.texts, classifier(args.texts, truncation=True, max_length=context)):
         print(f"{result['label']}\t{result['score']:.3f}\t{text}")

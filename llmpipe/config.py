@@ -182,9 +182,11 @@ def _match(value: Any, annotation: Any, source: str, key: str) -> Any:
         item = args[0] if args else Any
         return [_conform(v, item, source, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict or annotation is dict:
-        if isinstance(value, dict):
+        if not isinstance(value, dict):
+            raise _Mismatch
+        if not args:
             return value
-        raise _Mismatch
+        return {k: _conform(v, args[1], source, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, dict):
             return build(annotation, value, source, key + ".")

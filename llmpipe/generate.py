@@ -26,6 +26,19 @@ def decoding(
     )
 
 
+def check_prompt(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int) -> None:
+    """An empty prompt, or one that leaves no room for `max_new_tokens` in the context, is an error."""
+    if not prompt.strip():
+        raise UserError("the prompt is empty; give some text to continue")
+    n_prompt = len(tokenizer(prompt)["input_ids"])
+    context = artifacts.context_length(model)
+    if n_prompt + max_new_tokens > context:
+        raise UserError(
+            f"the prompt ({n_prompt} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
+            f"model's context of {context} tokens; ask for fewer new tokens or shorten the prompt"
+        )
+
+
 def continue_text(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -34,16 +47,9 @@ def continue_text(
     streamer: TextStreamer | None = None,
 ) -> str:
     """The prompt's continuation (without the prompt)."""
-    if not prompt.strip():
-        raise UserError("the prompt is empty; give some text to continue")
+    check_prompt(model, tokenizer, prompt, settings.max_new_tokens)
     inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
     n_prompt = inputs["input_ids"].shape[1]
-    context = artifacts.context_length(model)
-    if n_prompt + settings.max_new_tokens > context:
-        raise UserError(
-            f"the prompt ({n_prompt} tokens) plus max_new_tokens ({settings.max_new_tokens}) exceeds the "
-            f"model's context of {context} tokens; ask for fewer new tokens or shorten the prompt"
-        )
     with torch.inference_mode():
         output = model.generate(**inputs, generation_config=settings, streamer=streamer)
     return tokenizer.decode(output[0, n_prompt:], skip_special_tokens=True)

@@ -8,6 +8,7 @@ or JSONL (one entry per line).
 import json
 from pathlib import Path
 
+from llmpipe import splits
 from llmpipe.documents import read_text
 from llmpipe.errors import UserError
 
@@ -30,18 +31,23 @@ def load(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{path}: file not found (params.yaml `instruction_data`)")
     text = read_text(path)
-    try:
-        if path.suffix == ".jsonl":
-            entries = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            entries = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    if path.suffix == ".jsonl":
+        entries = [_parse(line, path, number) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    else:
+        entries = _parse(text, path)
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{path}: expected a non-empty list of entries")
     for index, entry in enumerate(entries):
         _check(entry, index, path)
     return entries
+
+
+def _parse(text: str, path: Path, first_line: int = 1):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        line = first_line + err.lineno - 1
+        raise UserError(f"{path}: not valid JSON at line {line}, column {err.colno}: {err.msg}") from None
 
 
 def _check(entry: object, index: int, path: Path) -> None:
@@ -66,17 +72,7 @@ def _check(entry: object, index: int, path: Path) -> None:
 
 def split(entries: list[dict], fractions: dict[str, float]) -> dict[str, list[dict]]:
     """Contiguous parts in the order given (the book: first 85 % train, next 10 % test, last 5 % validation)."""
-    if set(fractions) != {"train", "validation", "test"} or abs(sum(fractions.values()) - 1) > 1e-6:
-        raise UserError("`split` needs train, test and validation fractions that add up to 1")
-    parts, start = {}, 0
-    names = list(fractions)
-    for position, name in enumerate(names):
-        end = len(entries) if position == len(names) - 1 else start + int(len(entries) * fractions[name])
-        parts[name] = entries[start:end]
-        start = end
-        if not parts[name]:
-            raise UserError(f"the {name} split is empty ({len(entries)} entries); change `split` or add data")
-    return parts
+    return splits.cut(entries, fractions, "split")
 
 
 def as_messages(entry: dict) -> list[dict]:

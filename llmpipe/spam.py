@@ -6,6 +6,7 @@ from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
+from llmpipe import splits
 from llmpipe.documents import read_text
 from llmpipe.errors import UserError
 
@@ -39,7 +40,7 @@ def read_messages(path: str | Path) -> list[tuple[str, str]]:
 
 
 def balanced_splits(messages: list[tuple[str, str]], settings: SpamSplit) -> DatasetDict:
-    """Balance (optional), shuffle with the seed, then cut train/validation/test in that order."""
+    """Balance (optional), shuffle with the seed, then cut the parts in the order of the fractions."""
     rng = random.Random(settings.seed)
     if settings.balance:
         spam = [m for m in messages if m[0] == "spam"]
@@ -47,18 +48,7 @@ def balanced_splits(messages: list[tuple[str, str]], settings: SpamSplit) -> Dat
         messages = rng.sample(ham, min(len(ham), len(spam))) + spam
     messages = list(messages)
     rng.shuffle(messages)
-    if set(settings.fractions) != {"train", "validation", "test"} or abs(sum(settings.fractions.values()) - 1) > 1e-6:
-        raise UserError("`split.fractions` needs train, validation and test fractions that add up to 1")
-    n_train = int(len(messages) * settings.fractions["train"])
-    n_validation = int(len(messages) * settings.fractions["validation"])
-    parts = {
-        "train": messages[:n_train],
-        "validation": messages[n_train : n_train + n_validation],
-        "test": messages[n_train + n_validation :],
-    }
-    for name, part in parts.items():
-        if not part:
-            raise UserError(f"the {name} split is empty ({len(messages)} messages); change `split.fractions` or add data")
+    parts = splits.cut(messages, settings.fractions, "split.fractions")
     return DatasetDict({
         name: Dataset.from_dict({"text": [t for _, t in part], "label": [LABELS.index(l) for l, _ in part]}, features=FEATURES)
         for name, part in parts.items()

@@ -12,7 +12,7 @@ from datasets import Dataset
 
 from llmpipe import atomic, config, params as pipeline_params
 from llmpipe.errors import UserError
-from llmpipe.tracking import StageRun, is_main_process
+from llmpipe.tracking import StageRun
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, stage: str, schema: type) -> None:
@@ -69,11 +69,10 @@ class Stage:
         self.tracker.log_config(config.flatten(self.recipe) | config.flatten(self.params.data, "data."))
 
     def finish(self, metrics: dict[str, Any], summary: str) -> None:
-        """Write the metrics JSON (rank 0), log it, and print the stage's one-line summary."""
+        """Write the metrics JSON, log it, and print the stage's one-line summary (rank 0 only calls it)."""
         metrics = {**metrics, "seconds": round(time.perf_counter() - self.started, 2)}
-        if is_main_process():
-            atomic.write_json(self.metrics_path, metrics)
-            print(f"{self.name}: {summary} [{metrics['seconds']:.0f}s]", flush=True)
+        atomic.write_json(self.metrics_path, metrics)
+        print(f"{self.name}: {summary} [{metrics['seconds']:.0f}s]", flush=True)
         self.tracker.log_metrics(metrics)
         self.tracker.log_artifact(self.metrics_path, "metrics")
 

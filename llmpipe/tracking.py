@@ -84,6 +84,9 @@ class StageRun:
         import mlflow
 
         mlflow.set_tracking_uri(tracking_uri(self.settings))
+        experiment = mlflow.get_experiment_by_name(self.settings.experiment_name)
+        if experiment is None:  # artifacts beside the store, wherever the first stage ran from
+            mlflow.create_experiment(self.settings.experiment_name, artifact_location=(repo_root() / "mlruns").as_uri())
         experiment = mlflow.set_experiment(self.settings.experiment_name)
         tags = {"llmpipe.stage": self.stage, "llmpipe.recipe": self.recipe}
         if commit := _git_commit():

@@ -11,7 +11,7 @@ def classifier(tiny_model, tokenizer, tmp_path):
 
     tiny_model.save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
-    model = load_classifier(str(tmp_path / "base"))
+    model = load_classifier(str(tmp_path / "base"), {})
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
 

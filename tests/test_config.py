@@ -61,6 +61,14 @@ def test_set_override_is_checked_like_the_file(tmp_path):
         config.load(PretrainRecipe, write(tmp_path, {}), ["training.learning_rate"])
 
 
+def test_values_of_a_typed_mapping_are_checked(tmp_path):
+    from llmpipe.stages.sft import SftRecipe
+
+    with pytest.raises(UserError, match=r"`split\.test` must be float, got str 'a tenth'"):
+        config.load(SftRecipe, write(tmp_path, {"split": {"train": 0.85, "test": "a tenth", "validation": 0.05}}))
+    assert config.load(SftRecipe, write(tmp_path, {"split": {"train": 0.8, "test": "1e-1", "validation": 0.1}})).split["test"] == 0.1
+
+
 def test_missing_file_and_bad_yaml_are_named(tmp_path):
     with pytest.raises(UserError, match="nope.yaml: file not found"):
         config.load(PretrainRecipe, tmp_path / "nope.yaml")

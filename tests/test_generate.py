@@ -7,9 +7,17 @@ from llmpipe.generate import continue_text, decoding
 from tests.conftest import run_cli
 
 
-def test_greedy_is_deterministic_and_sampling_follows_the_seed(tiny_model, tokenizer):
-    greedy = decoding(tokenizer, 12)
-    assert continue_text(tiny_model, tokenizer, "I had", greedy) == continue_text(tiny_model, tokenizer, "I had", greedy)
+def test_greedy_takes_the_most_likely_token_each_step(tiny_model, tokenizer):
+    ids = tokenizer("I had", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        for _ in range(12):
+            ids = torch.cat([ids, tiny_model(ids).logits[:, -1:].argmax(-1)], dim=1)
+    n_prompt = len(tokenizer("I had")["input_ids"])
+    expected = tokenizer.decode(ids[0, n_prompt:], skip_special_tokens=True)
+    assert continue_text(tiny_model, tokenizer, "I had", decoding(tokenizer, 12)) == expected
+
+
+def test_sampling_follows_the_seed(tiny_model, tokenizer):
     hot = decoding(tokenizer, 12, temperature=5.0, top_k=50)
     samples = []
     for seed in (1, 1, 2):

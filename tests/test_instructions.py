@@ -23,6 +23,13 @@ def test_json_and_jsonl_give_the_same_entries(tmp_path):
     assert instructions.load(tmp_path / "d.jsonl") == entries
 
 
+def test_bad_jsonl_line_is_named_by_its_number(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": }\n')
+    with pytest.raises(UserError, match=r"d\.jsonl: not valid JSON at line 3, column 32"):
+        instructions.load(path)
+
+
 def test_alpaca_prompt_is_the_books_format():
     entry = {"instruction": "Convert to passive.", "input": "The cat ate it.", "output": "It was eaten."}
     assert instructions.prompt_completion(entry, "alpaca") == {

@@ -1,12 +1,10 @@
 import copy
-import types
 
 import torch
 from peft import PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from llmpipe import adapters
-from llmpipe.stages.lora import save_adapter_and_merged
 
 
 def test_merged_model_equals_base_plus_adapter(tiny_model, tokenizer, tmp_path):
@@ -22,7 +20,7 @@ def test_merged_model_equals_base_plus_adapter(tiny_model, tokenizer, tmp_path):
         base_logits = tiny_model(**inputs).logits
     assert not torch.allclose(expected, base_logits, atol=1e-3)
 
-    save_adapter_and_merged(types.SimpleNamespace(model=peft_model), tokenizer, tmp_path / "out")
+    adapters.save_adapter_and_merged(peft_model, tokenizer, tmp_path / "out" / "adapter", tmp_path / "out" / "merged")
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
     reloaded = PeftModel.from_pretrained(base, tmp_path / "out" / "adapter").eval()
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "merged").eval()

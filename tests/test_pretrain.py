@@ -49,6 +49,17 @@ def test_loss_curve_merges_the_two_evaluations_of_each_step():
 
 def test_init_from_continues_from_saved_weights(tiny_model, tokenizer, tmp_path):
     tiny_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
     model = build_model(PretrainRecipe(init_from=str(tmp_path)), tokenizer, 32, tmp_path)
     for name, weight in tiny_model.state_dict().items():
         assert torch.equal(model.state_dict()[name], weight), name
+
+
+def test_init_from_with_another_tokenizer_is_refused(tiny_model, tokenizer, verdict_texts, tmp_path):
+    from llmpipe.stages.tokenizer import TokenizerRecipe, train_bpe
+
+    tiny_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    other = train_bpe(verdict_texts, TokenizerRecipe(trainer={"vocab_size": 300, "show_progress": False}))
+    with pytest.raises(UserError, match="vocabulary is not .*; set the same `init_from"):
+        build_model(PretrainRecipe(init_from=str(tmp_path)), other, 32, tmp_path)

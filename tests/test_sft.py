@@ -1,12 +1,14 @@
 """SFTTrainer as the sft stage sets it up: the prompt's tokens never count in the loss."""
 
 import copy
+import types
 
 import pytest
 from datasets import Dataset
-from trl import SFTConfig, SFTTrainer
+from trl import SFTTrainer
 
 from llmpipe import instructions
+from llmpipe.stages.sft import SftRecipe, sft_config
 
 ENTRY = {"instruction": "Name a colour.", "input": "", "output": "Blue is a colour."}
 
@@ -16,9 +18,11 @@ def test_prompt_tokens_are_masked_and_the_response_ends_with_eos(tiny_model, tok
     tokenizer = copy.deepcopy(tokenizer)
     tokenizer.chat_template = instructions.CHAT_TEMPLATE
     pair = instructions.prompt_completion(ENTRY, prompt_format)
+    job = types.SimpleNamespace(recipe_path=tmp_path / "sft.yaml", tracker=types.SimpleNamespace(report_to=[]))
+    recipe = SftRecipe(prompt_format=prompt_format, training={"bf16": False})
     trainer = SFTTrainer(
         model=copy.deepcopy(tiny_model),
-        args=SFTConfig(output_dir=str(tmp_path), report_to=[], bf16=False, max_length=256, completion_only_loss=True),
+        args=sft_config(recipe, str(tmp_path), job, context=256),  # as the stage builds it
         train_dataset=Dataset.from_list([pair]),
         processing_class=tokenizer,
     )

@@ -65,8 +65,8 @@ def test_stage_trains_on_train_documents_only(tmp_path):
 
 
 def test_init_from_takes_an_existing_tokenizer(tokenizer, tmp_path):
-    from llmpipe.stages.tokenizer import pretrained
+    from llmpipe.artifacts import load_tokenizer
 
     tokenizer.save_pretrained(tmp_path)
-    taken = pretrained(str(tmp_path))
+    taken = load_tokenizer(tmp_path)
     assert taken.get_vocab() == tokenizer.get_vocab() and taken.pad_token == "<|endoftext|>"

@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from llmpipe import tracking
@@ -21,11 +24,24 @@ def test_tracking_uri_precedence(monkeypatch, tmp_path):
     assert tracking.tracking_uri(MlflowParams(tracking_uri="http://127.0.0.1:5000")) == "sqlite:////elsewhere.db"
 
 
-def test_pipeline_id_comes_from_the_environment_or_a_dvc_ancestor(monkeypatch):
+def test_pipeline_id_comes_from_the_environment_or_a_dvc_ancestor(monkeypatch, tmp_path):
     monkeypatch.setenv("LLMPIPE_PIPELINE_ID", "nightly-42")
     assert tracking.pipeline_id() == "nightly-42"
     monkeypatch.delenv("LLMPIPE_PIPELINE_ID")
     assert tracking.pipeline_id() is None  # pytest has no dvc ancestor
+
+    # a stage started (through a shell, as DVC does) by a process named `dvc` belongs to its run
+    fake_dvc = tmp_path / "dvc"
+    fake_dvc.write_text(
+        f"#!{sys.executable}\nimport os, subprocess, sys\n"
+        "print(os.getpid())\n"
+        "sys.stdout.flush()\n"
+        "subprocess.run(['sh', '-c', sys.executable + ' -c \"from llmpipe.tracking import pipeline_id; print(pipeline_id())\"'])\n"
+    )
+    fake_dvc.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    dvc_pid, stage_id = subprocess.run([str(fake_dvc), "repro"], capture_output=True, text=True, env=env).stdout.split()
+    assert stage_id.startswith(f"dvc-{dvc_pid}-")
 
 
 def test_only_rank_zero_tracks(monkeypatch):

@@ -12,6 +12,7 @@ from peft import LoraConfig, TaskType, get_peft_model
 from transformers import (
     AutoModelForSequenceClassification,
     DataCollatorWithPadding,
+    GPT2Config,
     PreTrainedModel,
     Trainer,
     TrainingArguments,
@@ -30,18 +31,17 @@ class ClassifyRecipe:
     trainable: Literal["last_block", "all", "lora"] = "last_block"  # last_block: head + last block + final LayerNorm
     split: spam.SpamSplit = field(default_factory=spam.SpamSplit)
     max_length: int | None = None  # tokens kept per message; default: the model's context
+    model: dict = library_section(GPT2Config)  # config values to change on the base, e.g. dropout (resid_pdrop, ...)
     lora: dict = library_section(LoraConfig)  # with trainable: lora
     training: dict = library_section(TrainingArguments)
 
 
-def load_classifier(source: str) -> PreTrainedModel:
-    try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(spam.LABELS), id2label=dict(enumerate(spam.LABELS)),
-            label2id={label: i for i, label in enumerate(spam.LABELS)}, use_safetensors=True,
-        )
-    except (OSError, ValueError) as err:
-        raise UserError(f"{source}: cannot load a model to classify with ({str(err).splitlines()[0]})") from None
+def load_classifier(source: str, config_changes: dict) -> PreTrainedModel:
+    return artifacts.load_pretrained(
+        AutoModelForSequenceClassification.from_pretrained, source, "model to classify with",
+        num_labels=len(spam.LABELS), id2label=dict(enumerate(spam.LABELS)),
+        label2id={label: i for i, label in enumerate(spam.LABELS)}, use_safetensors=True, **config_changes,
+    )
 
 
 def select_trainable(model: PreTrainedModel, trainable: str, lora: dict) -> PreTrainedModel:
@@ -69,16 +69,17 @@ def main(args: argparse.Namespace) -> None:
     job = stage.begin(args, "classify", ClassifyRecipe)
     recipe = job.recipe
     splits = spam.balanced_splits(spam.read_messages(job.params.classify_data), recipe.split)
+    for name in ("num_labels", "id2label", "label2id", "pad_token_id"):
+        if name in recipe.model:
+            raise UserError(f"{job.recipe_path}: `model.{name}` is set by llmpipe (two labels, ham and spam); remove it")
     source = recipe.init_from or args.base
     tokenizer = artifacts.load_tokenizer(source)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
 
     with job.tracker:
         job.log_config()
         training = stage.training_arguments(TrainingArguments, recipe.training, args.checkpoints, job)
         set_seed(training.seed)
-        model = load_classifier(source)
+        model = load_classifier(source, recipe.model)
         model.config.pad_token_id = tokenizer.pad_token_id
         max_length = recipe.max_length or artifacts.context_length(model)
         encoded = splits.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length), batched=True)
@@ -99,10 +100,10 @@ def main(args: argparse.Namespace) -> None:
 
         with atomic.directory(args.output) as staging:
             if recipe.trainable == "lora":
-                model.save_pretrained(staging / "adapter")
-                model = model.merge_and_unload()
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
+                adapters.save_adapter_and_merged(model, tokenizer, staging / "adapter", staging)
+            else:
+                model.save_pretrained(staging)
+                tokenizer.save_pretrained(staging)
         job.tracker.log_model_folder(args.output)
 
         metrics = dict(counts)

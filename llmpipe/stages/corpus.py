@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     job = stage.begin(args, "corpus", CorpusRecipe)
     recipe = job.recipe
-    stride = recipe.stride or recipe.context_length
+    stride = recipe.context_length if recipe.stride is None else recipe.stride
     if recipe.context_length < 2:
         raise UserError(f"{job.recipe_path}: `context_length` must be at least 2, got {recipe.context_length}")
     if not 1 <= stride <= recipe.context_length:
@@ -74,21 +74,17 @@ def main(args: argparse.Namespace) -> None:
         job.log_config()
         tokenized = tokenize(docs.splits, tokenizer, recipe)
         metrics = {"documents": sum(docs.splits.num_rows.values()), "duplicates_removed": docs.duplicates_removed}
+        for split, docs_of_split in tokenized.items():
+            n_tokens = sum(docs_of_split["n_tokens"])
+            n_blocks = packing.count_blocks(n_tokens, recipe.context_length, stride)
+            if n_blocks == 0:
+                raise UserError(
+                    f"the {split} split has {n_tokens} tokens, fewer than one block of "
+                    f"{recipe.context_length}; add text or lower `context_length` in {job.recipe_path}"
+                )
+            metrics |= {f"{split}_documents": docs_of_split.num_rows, f"{split}_tokens": n_tokens, f"{split}_blocks": n_blocks}
         with atomic.directory(args.output) as staging, tempfile.TemporaryDirectory() as cache:
-            blocks = pack(tokenized, recipe.context_length, stride, cache)
-            for split, dataset in blocks.items():
-                n_tokens = sum(tokenized[split]["n_tokens"])
-                if len(dataset) == 0:
-                    raise UserError(
-                        f"the {split} split has {n_tokens} tokens, fewer than one block of "
-                        f"{recipe.context_length}; add text or lower `context_length` in {job.recipe_path}"
-                    )
-                metrics |= {
-                    f"{split}_documents": tokenized[split].num_rows,
-                    f"{split}_tokens": n_tokens,
-                    f"{split}_blocks": len(dataset),
-                }
-            blocks.save_to_disk(str(staging))
+            pack(tokenized, recipe.context_length, stride, cache).save_to_disk(str(staging))
         job.finish(
             metrics,
             f"{metrics['train_blocks']} train / {metrics['validation_blocks']} validation blocks of "

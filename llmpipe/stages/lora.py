@@ -21,13 +21,8 @@ def lora_config(recipe: LoraRecipe) -> LoraConfig:
     return adapters.lora_config(recipe.lora, TaskType.CAUSAL_LM)
 
 
-def save_adapter_and_merged(trainer, tokenizer, folder: Path) -> None:
-    """`adapter/` loads with PeftModel.from_pretrained on the base; `merged/` with AutoModelForCausalLM."""
-    trainer.model.save_pretrained(str(folder / "adapter"))
-    tokenizer.save_pretrained(str(folder / "adapter"))
-    merged = trainer.model.merge_and_unload()
-    merged.save_pretrained(str(folder / "merged"))
-    tokenizer.save_pretrained(str(folder / "merged"))
+def save(trainer, tokenizer, folder: Path) -> None:
+    adapters.save_adapter_and_merged(trainer.model, tokenizer, folder / "adapter", folder / "merged")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,4 +30,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    sft.run(args, "lora", LoraRecipe, peft_config=lora_config, save=save_adapter_and_merged)
+    sft.run(args, "lora", LoraRecipe, peft_config=lora_config, save=save)

@@ -57,6 +57,11 @@ def build_model(recipe: PretrainRecipe, tokenizer, context_length: int, source: 
         model = GPT2LMHeadModel(GPT2Config(**settings))
     if model.config.vocab_size < len(tokenizer):
         raise UserError(f"the model's vocab_size ({model.config.vocab_size}) is smaller than the tokenizer's ({len(tokenizer)})")
+    if recipe.init_from and artifacts.load_tokenizer(recipe.init_from).get_vocab() != tokenizer.get_vocab():
+        raise UserError(
+            f"{source}: the tokenizer stage's vocabulary is not {recipe.init_from}'s; set the same "
+            f"`init_from: {recipe.init_from}` in the tokenizer recipe so token ids mean what the weights learned"
+        )
     if artifacts.context_length(model) < context_length:
         raise UserError(
             f"{source}: the corpus blocks have {context_length} tokens but the model's n_positions is "
@@ -99,7 +104,8 @@ def main(args: argparse.Namespace) -> None:
     except FileNotFoundError:
         raise UserError(f"{args.corpus}: no packed corpus here; run `llmpipe corpus` first") from None
     context_length = len(corpus["train"][0]["input_ids"])
-    train_eval = stage.train_probe(corpus["train"], recipe.train_eval_blocks or len(corpus["validation"]))
+    probe_size = len(corpus["validation"]) if recipe.train_eval_blocks is None else recipe.train_eval_blocks
+    train_eval = stage.train_probe(corpus["train"], probe_size)
 
     with job.tracker:
         job.log_config()
@@ -108,6 +114,7 @@ def main(args: argparse.Namespace) -> None:
         )
         set_seed(training.seed)
         model = build_model(recipe, tokenizer, context_length, job.recipe_path)
+        generate.check_prompt(model, tokenizer, recipe.sample_prompt, recipe.sample_max_new_tokens)
         trainer = Trainer(
             model=model,
             args=training,

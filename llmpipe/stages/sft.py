@@ -36,6 +36,13 @@ def prompt_completion_splits(entries: dict[str, list[dict]], prompt_format: str)
     }
 
 
+def sft_config(recipe: SftRecipe, checkpoints: str, job: stage.Stage, context: int) -> SFTConfig:
+    """The recipe's SFTConfig; by default the loss is on the completion only and sequences fill the context."""
+    return stage.training_arguments(
+        SFTConfig, recipe.training, checkpoints, job, max_length=context, completion_only_loss=True
+    )
+
+
 def main(args: argparse.Namespace) -> None:
     run(args, "sft", SftRecipe)
 
@@ -55,8 +62,6 @@ def run(
     data = prompt_completion_splits(entries, recipe.prompt_format)
     source = recipe.init_from or args.base
     tokenizer = artifacts.load_tokenizer(source)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     if recipe.prompt_format == "chat" and not tokenizer.chat_template:
         tokenizer.chat_template = instructions.CHAT_TEMPLATE
 
@@ -64,9 +69,7 @@ def run(
         job.log_config()
         model = artifacts.load_causal_lm(source)
         model.generation_config.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        training = stage.training_arguments(
-            SFTConfig, recipe.training, args.checkpoints, job, max_length=artifacts.context_length(model), completion_only_loss=True
-        )
+        training = sft_config(recipe, args.checkpoints, job, artifacts.context_length(model))
         set_seed(training.seed)
         trainer = SFTTrainer(
             model=model,
@@ -116,6 +119,8 @@ def validation_responses(model: PreTrainedModel, tokenizer, entries: list[dict],
     for entry in entries:
         prompt = instructions.prompt_text(entry, recipe.prompt_format, tokenizer)
         room = artifacts.context_length(model) - len(tokenizer(prompt)["input_ids"])
+        if room < 1:  # the prompt alone fills the context: nothing to generate
+            continue
         response = generate.continue_text(model, tokenizer, prompt, generate.decoding(tokenizer, min(recipe.max_new_tokens, room)))
         table["instruction"].append(prompt)
         table["reference"].append(instructions.reference(entry))

@@ -44,13 +44,6 @@ def train_bpe(texts: list[str], recipe: TokenizerRecipe, source: str = "recipe")
     )
 
 
-def pretrained(source: str) -> PreTrainedTokenizerBase:
-    tokenizer = artifacts.load_tokenizer(source)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def bytes_per_token(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> float:
     n_tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
     return sum(len(text.encode("utf-8")) for text in texts) / max(n_tokens, 1)
@@ -69,7 +62,7 @@ def main(args: argparse.Namespace) -> None:
         job.log_config()
         started = time.perf_counter()
         if recipe.init_from:
-            tokenizer = pretrained(recipe.init_from)
+            tokenizer = artifacts.load_tokenizer(recipe.init_from)
         else:
             tokenizer = train_bpe(list(docs.splits["train"]["text"]), recipe, str(job.recipe_path))
         train_seconds = time.perf_counter() - started
