@@ -113,7 +113,7 @@ def main(args: argparse.Namespace) -> None:
         metrics |= baseline.tfidf_logreg(splits, training.seed)
         job.finish(
             metrics,
-            f"spam classifier ({recipe.trainable}: {counts['trainable_parameters'] / 1e6:.2f}M of "
-            f"{counts['total_parameters'] / 1e6:.2f}M parameters trained) -> {Path(args.output)}: test accuracy "
+            f"spam classifier ({recipe.trainable}: {counts['trainable_parameters']:,} of "
+            f"{counts['total_parameters']:,} parameters trained) -> {Path(args.output)}: test accuracy "
             f"{metrics['test_accuracy']:.2%}, TF-IDF baseline {metrics['baseline_test_accuracy']:.2%}",
         )

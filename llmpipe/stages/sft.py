@@ -102,7 +102,7 @@ def run(
         }
         job.finish(
             metrics,
-            f"instruction-tuned ({counts['trainable_parameters'] / 1e6:.2f}M of {counts['total_parameters'] / 1e6:.2f}M "
+            f"instruction-tuned ({counts['trainable_parameters']:,} of {counts['total_parameters']:,} "
             f"parameters trained) -> {Path(args.output)}: "
             f"val loss {metrics['initial_val_loss']:.3f} -> {metrics['val_loss']:.3f}",
         )
