@@ -77,12 +77,17 @@ class Stage:
         self.tracker.log_artifact(self.metrics_path, "metrics")
 
 
+def reject_owned(section: dict, names: tuple[str, ...], where: str, owner: str) -> None:
+    """Keys llmpipe sets itself may not come from the recipe; `where` is "<file>: `<section>"."""
+    for name in names:
+        if name in section:
+            raise UserError(f"{where}.{name}` is set by llmpipe from {owner}; remove it from the recipe")
+
+
 def training_arguments(cls: type, settings: dict, checkpoints: str, job: Stage, **defaults: Any):
     """`TrainingArguments` (or a subclass such as TRL's `SFTConfig`) from the recipe's `training`
     section; llmpipe owns where checkpoints go and where metrics are reported."""
-    for key in ("output_dir", "report_to"):
-        if key in settings:
-            raise UserError(f"{job.recipe_path}: `training.{key}` is set by llmpipe (--checkpoints, params.yaml mlflow); remove it")
+    reject_owned(settings, ("output_dir", "report_to"), f"{job.recipe_path}: `training", "--checkpoints and params.yaml mlflow")
     defaults = {"dataloader_pin_memory": torch.cuda.is_available(), **defaults}  # pinning is for GPU copies
     try:
         return cls(**{**defaults, **settings}, output_dir=checkpoints, report_to=job.tracker.report_to)

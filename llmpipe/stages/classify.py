@@ -68,10 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     job = stage.begin(args, "classify", ClassifyRecipe)
     recipe = job.recipe
+    stage.reject_owned(
+        recipe.model, ("num_labels", "id2label", "label2id", "pad_token_id"), f"{job.recipe_path}: `model",
+        "the two labels (ham, spam) and the tokenizer",
+    )
     splits = spam.balanced_splits(spam.read_messages(job.params.classify_data), recipe.split)
-    for name in ("num_labels", "id2label", "label2id", "pad_token_id"):
-        if name in recipe.model:
-            raise UserError(f"{job.recipe_path}: `model.{name}` is set by llmpipe (two labels, ham and spam); remove it")
     source = recipe.init_from or args.base
     tokenizer = artifacts.load_tokenizer(source)
 

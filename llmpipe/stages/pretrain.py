@@ -38,9 +38,7 @@ def causal_lm_batch(features: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def check_recipe(recipe: PretrainRecipe, source: Path) -> None:
-    for name in SET_FROM_TOKENIZER:
-        if name in recipe.model:
-            raise UserError(f"{source}: `model.{name}` is set by llmpipe from the tokenizer; remove it from the recipe")
+    stage.reject_owned(recipe.model, SET_FROM_TOKENIZER, f"{source}: `model", "the tokenizer")
     if recipe.init_from and recipe.model:
         raise UserError(f"{source}: `model` must be empty with `init_from` (the architecture comes from {recipe.init_from})")
     n_embd, n_head = recipe.model.get("n_embd", 768), recipe.model.get("n_head", 12)
