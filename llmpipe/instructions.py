@@ -103,8 +103,22 @@ def prompt_completion(entry: dict, prompt_format: str) -> dict:
     return {"prompt": alpaca_prompt(entry), "completion": as_messages(entry)[-1]["content"]}
 
 
+def request(entry: dict) -> str:
+    """What the entry asks, as a judge is shown it: the book's `format_input` (no response marker)."""
+    asked = as_messages(entry)[:-1]
+    if [m["role"] for m in asked] == ["user"]:
+        return alpaca_prompt(entry).removesuffix(RESPONSE_MARKER)
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in asked)
+
+
 def reference(entry: dict) -> str:
     return as_messages(entry)[-1]["content"]
+
+
+def prepare_tokenizer(tokenizer, prompt_format: str) -> None:
+    """A chat prompt needs a chat template: give the minimal one to a tokenizer that has none."""
+    if prompt_format == "chat" and not tokenizer.chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
 
 
 def prompt_text(entry: dict, prompt_format: str, tokenizer) -> str:

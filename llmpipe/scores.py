@@ -1,15 +1,16 @@
-"""Classification scores of the positive (spam) class, from scikit-learn."""
+"""Classification scores of the positive (spam) class: the project's `spam_scores` evaluate module
+(scikit-learn underneath)."""
 
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+from functools import cache
+
+from llmpipe import metric_modules
+
+
+@cache
+def _spam_scores():
+    return metric_modules.load("spam_scores")
 
 
 def classification_scores(labels, predictions) -> dict[str, float]:
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        list(labels), list(predictions), average="binary", pos_label=1, zero_division=0
-    )
-    return {
-        "accuracy": round(float(accuracy_score(list(labels), list(predictions))), 4),
-        "precision": round(float(precision), 4),
-        "recall": round(float(recall), 4),
-        "f1": round(float(f1), 4),
-    }
+    scores = _spam_scores().compute(predictions=[int(p) for p in predictions], references=[int(y) for y in labels])
+    return {name: round(value, 4) for name, value in scores.items()}

@@ -49,6 +49,11 @@ def describe(schema: type) -> str:
         library = field.metadata.get("library")
         if library is not None:
             parts.append(f"{field.name}.* ({library.__module__.split('.')[0]} {library.__name__} arguments)")
+        elif dataclasses.is_dataclass(field.type):
+            keys = ", ".join(f.name for f in dataclasses.fields(field.type))
+            parts.append(f"{field.name}.* ({keys})")
+        elif field.default_factory is not dataclasses.MISSING:
+            parts.append(f"{field.name} (default {field.default_factory()!r})")
         else:
             default = field.default if field.default is not dataclasses.MISSING else "required"
             parts.append(f"{field.name} (default {default!r})")

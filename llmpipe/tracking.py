@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from llmpipe.config import flatten
 from llmpipe.params import MlflowParams
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -121,7 +122,8 @@ class StageRun:
 
     def log_metrics(self, metrics: dict[str, Any]) -> None:
         if self._mlflow:
-            numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            flat = flatten(metrics)  # nested sections become dotted names, e.g. sft.judge_mean
+            numbers = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float))}
             self._mlflow.log_metrics(numbers)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:

@@ -2,6 +2,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
+import torch
 import yaml
 from transformers import TrainingArguments
 
@@ -9,6 +10,7 @@ from llmpipe import config
 from llmpipe.errors import UserError
 from llmpipe.stages.classify import ClassifyRecipe
 from llmpipe.stages.corpus import CorpusRecipe
+from llmpipe.stages.evaluate import EvaluateRecipe
 from llmpipe.stages.lora import LoraRecipe
 from llmpipe.stages.pretrain import PretrainRecipe
 from llmpipe.stages.sft import SftRecipe
@@ -98,7 +100,7 @@ def test_nested_dataclasses_and_literals_are_checked(tmp_path):
 
 SCHEMAS = {
     "tokenizer": TokenizerRecipe, "corpus": CorpusRecipe, "pretrain": PretrainRecipe,
-    "classify": ClassifyRecipe, "sft": SftRecipe, "lora": LoraRecipe,
+    "classify": ClassifyRecipe, "sft": SftRecipe, "lora": LoraRecipe, "evaluate": EvaluateRecipe,
 }
 STAGE_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate")
 
@@ -111,6 +113,8 @@ def test_every_shipped_recipe_is_valid_and_builds_its_library_objects(path, tmp_
         library, settings = field.metadata.get("library"), getattr(recipe, field.name)
         if library is not None and settings:
             owned = {"output_dir": str(tmp_path), "report_to": []} if issubclass(library, TrainingArguments) else {}
+            if settings.get("bf16") and not torch.cuda.is_available():
+                owned["use_cpu"] = True  # a GPU recipe (bf16) checked on a machine without one
             library(**settings, **owned)
 
 

@@ -18,7 +18,7 @@ from llmpipe.spam import LABELS, SpamSplit, balanced_splits, read_messages
 from tests.conftest import copy_repo, run_cli
 
 BIN = Path(sys.executable).parent
-STAGES = ["tokenizer", "corpus", "pretrain", "classify", "sft", "lora"]
+STAGES = ["tokenizer", "corpus", "pretrain", "classify", "sft", "lora", "evaluate"]
 
 
 def sh(repo: Path, *argv: str) -> subprocess.CompletedProcess:
@@ -90,6 +90,27 @@ def test_fine_tuning_stages_write_their_metrics(repo):
     assert json.loads((repo / "metrics/lora.json").read_text())["trainable_fraction"] < 0.5
 
 
+def test_evaluate_judges_every_test_example_of_every_model(repo):
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert metrics["judge"] == "self" and metrics["judge_model"] == "hf:artifacts/sft"
+    assert metrics["test_examples"] == 6  # the test recipe's limit
+    for model in ("sft", "lora", "pretrain"):
+        summary = metrics[model]
+        assert summary["examples"] == 6 and summary["unscored"] == 0  # the hf judge always gives a number
+        assert summary["judge_ci_low"] <= summary["judge_mean"] <= summary["judge_ci_high"]
+        assert 0 <= summary["judge_mean"] <= 100 and 0 <= summary["rouge_l"] <= 1
+        rows = [json.loads(line) for line in (repo / f"artifacts/evaluate/{model}.jsonl").read_text().splitlines()]
+        assert len(rows) == 6
+        assert {"instruction", "input", "reference", "response", "judge_score", "judge_detail"} <= set(rows[0])
+        assert sum(r["judge_score"] for r in rows) / 6 == pytest.approx(summary["judge_mean"], abs=1e-3)
+    assert (repo / "artifacts/evaluate/scores.png").read_bytes()[:4] == b"\x89PNG"
+    client, runs = mlflow_runs(repo)
+    evaluate = next(r for r in runs if r.data.tags.get("llmpipe.stage") == "evaluate")
+    assert evaluate.data.metrics["sft.judge_mean"] == pytest.approx(metrics["sft"]["judge_mean"])
+    logged = [a.path for a in client.list_artifacts(evaluate.info.run_id, "evaluate")]
+    assert {"evaluate/sft.json", "evaluate/lora.json", "evaluate/pretrain.json", "evaluate/scores.png"} <= set(logged)
+
+
 def test_classifier_labels_texts_from_the_cli(repo):
     result = run_cli("classify-text", "--model", str(repo / "artifacts/classify"), "Free entry! Win cash now", "ok see you")
     assert result.returncode == 0, result.stderr
@@ -156,4 +177,4 @@ def test_exp_run_with_a_recipe_value_reruns_pretrain_and_shows_in_dvc(repo):
     _, runs = mlflow_runs(repo)
     exp_runs = [r for r in runs if r.data.tags.get("dvc.exp_name")]
     rerun = sorted(r.data.tags.get("llmpipe.stage") for r in exp_runs if "mlflow.parentRunId" in r.data.tags)
-    assert rerun == sorted(["pretrain", "classify", "sft", "lora"])  # pretrain and what depends on it
+    assert rerun == sorted(["pretrain", "classify", "sft", "lora", "evaluate"])  # pretrain and what depends on it

@@ -62,8 +62,7 @@ def run(
     data = prompt_completion_splits(entries, recipe.prompt_format)
     source = recipe.init_from or args.base
     tokenizer = artifacts.load_tokenizer(source)
-    if recipe.prompt_format == "chat" and not tokenizer.chat_template:
-        tokenizer.chat_template = instructions.CHAT_TEMPLATE
+    instructions.prepare_tokenizer(tokenizer, recipe.prompt_format)
 
     with job.tracker:
         job.log_config()

@@ -1,0 +1,162 @@
+"""Stage `evaluate` (book ch7.7-7.8): every model answers every test-split instruction, a judge scores
+each answer 0-100 against the reference, ROUGE-L measures word overlap. Nothing is dropped: an answer
+the judge could not score is kept and counted."""
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy import stats
+from transformers import set_seed
+
+from llmpipe import artifacts, atomic, charts, config, generate, instructions, metric_modules, responses, stage
+from llmpipe.errors import UserError
+from llmpipe.judge import JudgeSettings, load as load_judge
+from llmpipe.stages.lora import LoraRecipe
+from llmpipe.stages.sft import SftRecipe
+
+
+@dataclass
+class Decoding:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy (the book's); > 0 samples
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 123
+
+
+@dataclass
+class Bootstrap:
+    resamples: int = 1000
+    confidence: float = 0.95
+    seed: int = 123
+
+
+@dataclass
+class EvaluateRecipe:
+    # name -> model folder or Hub id; the pretrained model is the control (never instruction-tuned)
+    models: dict[str, str] = field(
+        default_factory=lambda: {"sft": "artifacts/sft", "lora": "artifacts/lora/merged", "pretrain": "artifacts/pretrain"}
+    )
+    split_from: Literal["sft", "lora"] = "sft"  # the stage recipe whose `split` and `prompt_format` define the test split
+    limit: int | None = None  # evaluate only the first N test examples (quick runs); default all
+    batch_size: int = 16
+    decoding: Decoding = field(default_factory=Decoding)
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    stage.add_common_arguments(parser, "evaluate", EvaluateRecipe)
+    parser.add_argument("--output", default="artifacts/evaluate", help="folder to write (default: %(default)s)")
+    parser.add_argument(
+        "--self-judge", default="artifacts/sft",
+        help="the pipeline's own model that `judge.model: self` means (default: %(default)s)",
+    )
+
+
+def test_entries(job: stage.Stage) -> tuple[list[dict], str]:
+    """The test split exactly as the fine-tuning stage cut it, and its prompt format."""
+    source = job.params.recipe_file(job.recipe.split_from)
+    tuned = config.load(LoraRecipe if job.recipe.split_from == "lora" else SftRecipe, source)
+    if "test" not in tuned.split:
+        raise UserError(f"{source}: `split` has no `test` part to evaluate on")
+    entries = instructions.split(instructions.load(job.params.instruction_data), tuned.split)["test"][: job.recipe.limit]
+    if not entries:
+        raise UserError(f"{source}: the test split is empty; give `split.test` a larger share (or raise `limit`)")
+    return entries, tuned.prompt_format
+
+
+def confidence_interval(scores: list[float], settings: Bootstrap) -> tuple[float | None, float | None]:
+    """Percentile bootstrap interval of the mean (scipy)."""
+    if len(scores) < 2 or len(set(scores)) < 2:
+        mean = float(np.mean(scores)) if scores else None
+        return mean, mean
+    result = stats.bootstrap(
+        (np.asarray(scores),), np.mean, n_resamples=settings.resamples, confidence_level=settings.confidence,
+        method="percentile", rng=np.random.default_rng(settings.seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def summarize(rows: list[dict], rouge_l: float, settings: Bootstrap) -> dict:
+    scored = [row["judge_score"] for row in rows if row["judge_score"] is not None]
+    low, high = confidence_interval(scored, settings)
+    distributions = [row["judge_detail"] for row in rows if "p_mode" in row["judge_detail"]]
+    summary = {
+        "judge_mean": round(float(np.mean(scored)), 3) if scored else None,
+        "judge_ci_low": None if low is None else round(low, 3),
+        "judge_ci_high": None if high is None else round(high, 3),
+        "rouge_l": round(rouge_l, 4),
+        "response_words": round(float(np.mean([len(row["response"].split()) for row in rows])), 2),
+        "examples": len(rows),
+        "unscored": len(rows) - len(scored),
+    }
+    if distributions:  # the hf judge: how sure it was, and how much it wanted to answer with a score at all
+        summary["judge_confidence"] = round(float(np.mean([d["p_mode"] for d in distributions])), 4)
+        summary["judge_mass_on_scores"] = float(np.mean([d["mass_on_scores"] for d in distributions]))
+    return summary
+
+
+def answer(source: str, entries: list[dict], prompt_format: str, recipe: EvaluateRecipe, device: str, desc: str) -> list[str]:
+    tokenizer = artifacts.load_tokenizer(source)
+    instructions.prepare_tokenizer(tokenizer, prompt_format)
+    model = artifacts.load_causal_lm(source).to(device)
+    settings = generate.decoding(
+        tokenizer, recipe.decoding.max_new_tokens, recipe.decoding.temperature, recipe.decoding.top_k, recipe.decoding.top_p
+    )
+    set_seed(recipe.decoding.seed)
+    prompts = [instructions.prompt_text(entry, prompt_format, tokenizer) for entry in entries]
+    return responses.generate_responses(model, tokenizer, prompts, settings, prompt_format, recipe.batch_size, desc)
+
+
+def main(args: argparse.Namespace) -> None:
+    job = stage.begin(args, "evaluate", EvaluateRecipe)
+    recipe = job.recipe
+    if not recipe.models:
+        raise UserError(f"{job.recipe_path}: `models` is empty; name at least one model to evaluate")
+    entries, prompt_format = test_entries(job)
+    is_self = recipe.judge.model == "self"
+    judge_settings = dataclasses.replace(recipe.judge, model=args.self_judge) if is_self else recipe.judge
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    with job.tracker:
+        job.log_config()
+        the_judge = load_judge(judge_settings, device)
+        judged, rouge = metric_modules.load("judge"), metric_modules.load("rouge_l")
+        references = [instructions.reference(entry) for entry in entries]
+        requests = [instructions.request(entry) for entry in entries]
+        results = {}
+        with atomic.directory(args.output) as staging:
+            for name, source in recipe.models.items():
+                answers = answer(source, entries, prompt_format, recipe, device, f"{name}: generating")
+                verdicts = judged.compute(predictions=answers, references=references, requests=requests, judge=the_judge)
+                overlap = rouge.compute(predictions=answers, references=references)
+                rows = [
+                    {
+                        "instruction": request, "input": entry.get("input", ""), "reference": reference,
+                        "response": response, "judge_score": score, "judge_detail": detail, "rouge_l": round(r, 4),
+                    }
+                    for entry, request, reference, response, score, detail, r in zip(
+                        entries, requests, references, answers, verdicts["scores"], verdicts["details"],
+                        overlap["rougeL_per_example"],
+                    )
+                ]
+                (staging / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+                job.tracker.log_table({key: [row[key] for row in rows] for key in rows[0]}, f"evaluate/{name}.json")
+                results[name] = summarize(rows, overlap["rougeL"], recipe.bootstrap)
+            identity = "self" if is_self else the_judge.identity
+            charts.judge_scores(results, identity, recipe.bootstrap.confidence, staging / "scores.png")
+        job.tracker.log_artifact(Path(args.output) / "scores.png", "evaluate")
+
+        scores = ", ".join(f"{name} {m['judge_mean']}" for name, m in results.items())
+        job.finish(
+            {"judge": identity, "judge_model": the_judge.identity, "test_examples": len(entries), **results},
+            f"{len(entries)} test instructions x {len(results)} models judged by {identity} "
+            f"({the_judge.identity}) -> {Path(args.output)}: mean score {scores}",
+        )

@@ -1,0 +1,74 @@
+import pytest
+
+from llmpipe import instructions
+from llmpipe.stages.evaluate import Bootstrap, confidence_interval, summarize
+from tests.conftest import copy_repo, run_cli
+
+
+def row(score, response="an answer", **detail) -> dict:
+    return {"response": response, "judge_score": score, "judge_detail": detail}
+
+
+def test_summary_counts_unscored_examples_and_averages_the_rest():
+    rows = [row(80), row(None, answer="Score: 9"), row(60), row(None, answer="great")]
+    summary = summarize(rows, rouge_l=0.25, settings=Bootstrap(resamples=200))
+    assert summary["examples"] == 4 and summary["unscored"] == 2
+    assert summary["judge_mean"] == 70
+    assert summary["judge_ci_low"] <= 70 <= summary["judge_ci_high"]
+    assert summary["response_words"] == 2 and summary["rouge_l"] == 0.25
+    assert "judge_confidence" not in summary  # only the hf judge reports one
+
+
+def test_summary_reports_the_hf_judges_confidence():
+    rows = [row(50.0, p_mode=0.5, mass_on_scores=0.1), row(70.0, p_mode=0.9, mass_on_scores=0.3)]
+    summary = summarize(rows, 0.0, Bootstrap(resamples=200))
+    assert summary["judge_confidence"] == pytest.approx(0.7)
+    assert summary["judge_mass_on_scores"] == pytest.approx(0.2)
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_examples():
+    settings = Bootstrap(resamples=500, seed=1)
+    few = [10.0, 90.0, 40.0, 70.0]
+    low, high = confidence_interval(few, settings)
+    assert low < sum(few) / 4 < high
+    many_low, many_high = confidence_interval(few * 25, settings)
+    assert many_high - many_low < high - low
+    assert confidence_interval([5.0], settings) == (5.0, 5.0)
+    assert confidence_interval([], settings) == (None, None)
+
+
+def test_judge_request_is_the_books_format_input():
+    entry = {"instruction": "Rewrite the sentence.", "input": "It is fast.", "output": "It is quick."}
+    assert instructions.request(entry) == (
+        f"{instructions.ALPACA_PREAMBLE}\n\n### Instruction:\nRewrite the sentence.\n\n### Input:\nIt is fast."
+    )
+    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    assert instructions.request(chat) == "system: Be brief.\n\nuser: Hi"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("evaluate") / "repo")
+    (repo / "metrics/evaluate.json").unlink(missing_ok=True)
+    return repo
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("judge.backnd=hf", "unknown key `judge.backnd`; did you mean `judge.backend`?"),
+        ("judge.backend=ollama", "`judge.backend` must be one of 'hf', 'openai'"),
+        ("models={}", "`models` is empty"),
+    ],
+)
+def test_bad_recipe_values_are_named(repo, setting, message):
+    result = run_cli("evaluate", "--set", setting, cwd=repo)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (repo / "artifacts/evaluate").exists() and not (repo / "metrics/evaluate.json").exists()
+
+
+def test_a_split_without_test_part_is_named(repo):
+    (repo / "recipes/tiny/lora.yaml").write_text("split: {train: 0.9, validation: 0.1}\n")
+    result = run_cli("evaluate", "--set", "split_from=lora", cwd=repo)
+    assert result.returncode == 2 and "recipes/tiny/lora.yaml: `split` has no `test` part" in result.stderr
+    assert "Traceback" not in result.stderr

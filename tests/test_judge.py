@@ -1,0 +1,178 @@
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from llmpipe import instructions, metric_modules
+from llmpipe.errors import UserError
+from llmpipe.judge import SCORES, JudgeSettings, load
+from llmpipe.judge_hf import HfJudge, candidate_log_probs, verdict
+from llmpipe.judge_openai import parse_score
+
+WORDS = ["<|endoftext|>", "[UNK]", *map(str, SCORES), "great", "answer", "score"]
+
+
+def judge_that_says(word: str, folder: Path, n_positions: int = 512) -> Path:
+    """A tiny GPT-2 whose next token is always `word`: its final LayerNorm outputs a constant vector
+    that only `word`'s (tied) embedding points along. Saved with a word-level tokenizer and a chat template."""
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=WORDS[0], unk_token="[UNK]", pad_token=WORDS[0])
+    tokenizer.chat_template = instructions.CHAT_TEMPLATE
+    config = GPT2Config(vocab_size=len(WORDS), n_positions=n_positions, n_embd=16, n_layer=1, n_head=2, eos_token_id=0, bos_token_id=0, pad_token_id=0)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.zero_()
+        model.transformer.ln_f.bias[0] = 10.0
+        model.transformer.wte.weight[:, 0] = 0.0
+        model.transformer.wte.weight[vocab[word], 0] = 1.0
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# --- the hf backend: an expectation over the allowed scores ---------------------------------------
+
+
+@pytest.mark.parametrize("favoured, low, high", [("100", 99.0, 100.0), ("0", 0.0, 1.0), ("63", 62.0, 64.0)])
+def test_hf_judge_scores_what_its_logits_favour(tmp_path, favoured, low, high):
+    judge = load(JudgeSettings(backend="hf", model=str(judge_that_says(favoured, tmp_path))))
+    result = judge("Name a colour.", "Blue.", "Red.")
+    assert low <= result.score <= high
+    assert result.detail["mode"] == int(favoured)
+    assert result.detail["p_mode"] > 0.9
+
+
+def test_hf_verdict_is_a_proper_expectation():
+    torch.manual_seed(1)
+    log_probs = torch.randn(len(SCORES)) * 3 - 20  # unnormalised, as read from a model
+    result = verdict(log_probs)
+    probs = torch.softmax(log_probs.double(), 0)
+    assert math.isclose(float(probs.sum()), 1.0, rel_tol=1e-12)
+    assert result.score == pytest.approx(float((probs * torch.arange(101, dtype=torch.float64)).sum()), abs=1e-3)
+    assert result.detail["mass_on_scores"] == pytest.approx(float(log_probs.double().exp().sum()), rel=1e-9)
+    assert 0 <= result.score <= 100
+
+
+def test_cached_candidate_scoring_matches_plain_forward_passes(tiny_model, tokenizer):
+    """One prompt pass + all candidates on a repeated KV cache gives each candidate's exact log-probability."""
+    prompt = tokenizer("Score the answer from 0 to 100:")["input_ids"]
+    candidates = [tokenizer(str(s), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for s in (0, 7, 42, 100)]
+    assert len({len(c) for c in candidates}) > 1  # the BPE splits numbers unevenly: padding is exercised
+    cached = candidate_log_probs(tiny_model, prompt, candidates)
+    for candidate, value in zip(candidates, cached):
+        with torch.inference_mode():
+            logits = tiny_model(torch.tensor([prompt + candidate])).logits[0]
+        log_probs = torch.log_softmax(logits, -1)
+        expected = sum(float(log_probs[len(prompt) - 1 + i, token]) for i, token in enumerate(candidate))
+        assert float(value) == pytest.approx(expected, abs=1e-4)
+
+
+def test_hf_judge_keeps_the_end_of_a_prompt_too_long_for_its_context(tmp_path):
+    judge = HfJudge(JudgeSettings(model=str(judge_that_says("50", tmp_path, n_positions=64))))
+    result = judge("word " * 200, "reference", "response")
+    assert result.detail["prompt_tokens_dropped"] > 0
+    assert 49 <= result.score <= 51
+
+
+def test_judge_is_an_evaluate_module(tmp_path):
+    judged = metric_modules.load("judge").compute(
+        predictions=["Red.", "Blue."], references=["Blue.", "Blue."], requests=["Name a colour."] * 2,
+        backend="hf", model=str(judge_that_says("100", tmp_path)),
+    )
+    assert judged["judge"] == f"hf:{tmp_path}"
+    assert len(judged["scores"]) == 2 and judged["unscored"] == 0
+    assert judged["mean"] > 99
+
+
+# --- the openai backend, against a real `transformers serve` -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [("42", 42), (" 7\n", 7), ("100", 100), ("0", 0), ("101", None), ("-3", None), ("42 42", None),
+     ("Score: 5", None), ("4.5", None), ("", None), (None, None)],
+)
+def test_scores_are_parsed_strictly(answer, expected):
+    assert parse_score(answer) == expected
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """`transformers serve` on 127.0.0.1 with two judges the test built: one answers 42, one "great"."""
+    folder = tmp_path_factory.mktemp("served")
+    judges = {word: str(judge_that_says(word, folder / word)) for word in ("42", "great")}
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("transformers")), "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env={**os.environ, "HF_HOME": str(folder / "hf")})
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            assert server.poll() is None, "transformers serve exited"
+            try:
+                urllib.request.urlopen(f"{base_url}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("transformers serve did not become ready in 60 s")
+        yield f"{base_url}/v1", judges
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def openai_judge(base_url: str, model: str, **settings) -> dict:
+    return metric_modules.load("judge").compute(
+        predictions=["Red.", "Blue."], references=["Blue.", "Blue."], requests=["Name a colour."] * 2,
+        backend="openai", base_url=base_url, model=model, **{"max_retries": 0, **settings},
+    )
+
+
+def test_openai_judge_reads_the_integer_the_endpoint_answers(served):
+    base_url, judges = served
+    judged = openai_judge(base_url, judges["42"], max_tokens=1)
+    assert judged["scores"] == [42, 42]
+    assert judged["mean"] == 42 and judged["unscored"] == 0
+    assert judged["judge"] == f"openai:{judges['42']}@{base_url}/"
+
+
+def test_openai_judge_keeps_and_counts_answers_that_are_not_integers(served):
+    base_url, judges = served
+    judged = openai_judge(base_url, judges["great"], max_tokens=1)
+    assert judged["scores"] == [None, None]
+    assert judged["unscored"] == 2 and judged["mean"] is None
+    assert [d["answer"] for d in judged["details"]] == ["great", "great"]
+    longer = openai_judge(base_url, judges["42"], max_tokens=3)  # "42 42 42": not an integer alone
+    assert longer["unscored"] == 2
+
+
+def test_openai_judge_names_the_endpoint_when_it_errors(served):
+    base_url, _ = served
+    with pytest.raises(UserError, match=r"answered HTTP 500 for model `no/such-model`"):
+        openai_judge(base_url, "no/such-model")
+
+
+def test_openai_judge_names_the_endpoint_when_nothing_listens():
+    base_url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(UserError, match=rf"judge endpoint {base_url}/ did not answer .* after 1 retries"):
+        openai_judge(base_url, "llama3", max_retries=1)
