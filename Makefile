@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install repro test ui clean
+.PHONY: install repro test bench ui clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ repro: install
 
 test: install
 	python -m pytest
+
+# Trainer vs a plain PyTorch loop on the pretrain model; BENCH_ARGS e.g. "--recipe recipes/gpt2-book --compile" on a GPU
+bench: install
+	python -m llmpipe.bench $(BENCH_ARGS)
 
 ui: install
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \

@@ -4,6 +4,8 @@ starting every `stride` tokens. stride == context_length: no overlap; stride < c
 
 from typing import Iterable, Iterator
 
+import torch
+
 
 def count_blocks(n_tokens: int, context_length: int, stride: int) -> int:
     if n_tokens < context_length:
@@ -19,3 +21,10 @@ def sliding_blocks(token_lists: Iterable[list[int]], context_length: int, stride
         while len(buffer) >= context_length:
             yield buffer[:context_length]
             del buffer[:stride]
+
+
+def causal_lm_batch(features: list[dict]) -> dict[str, torch.Tensor]:
+    """Blocks are all full length, so labels are the inputs (the model shifts them). Not
+    DataCollatorForLanguageModeling: with pad == EOS it would mask every EOS out of the loss."""
+    input_ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
+    return {"input_ids": input_ids, "labels": input_ids}

@@ -93,7 +93,11 @@ def training_arguments(cls: type, settings: dict, checkpoints: str, job: Stage, 
     """`TrainingArguments` (or a subclass such as TRL's `SFTConfig`) from the recipe's `training`
     section; llmpipe owns where checkpoints go and where metrics are reported."""
     reject_owned(settings, ("output_dir", "report_to"), f"{job.recipe_path}: `training", "--checkpoints and params.yaml mlflow")
-    defaults = {"dataloader_pin_memory": torch.cuda.is_available(), **defaults}  # pinning is for GPU copies
+    defaults = {
+        "dataloader_pin_memory": torch.cuda.is_available(),  # pinning is for GPU copies
+        "include_num_input_tokens_seen": "non_padding",  # for tokens/s and MFU (throughput.Throughput)
+        **defaults,
+    }
     try:
         return cls(**{**defaults, **settings}, output_dir=checkpoints, report_to=job.tracker.report_to)
     except ValueError as err:

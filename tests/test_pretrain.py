@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from llmpipe.errors import UserError
-from llmpipe.stages.pretrain import PretrainRecipe, build_model, causal_lm_batch, check_recipe, loss_curve
+from llmpipe.packing import causal_lm_batch
+from llmpipe.stages.pretrain import PretrainRecipe, build_model, check_recipe, loss_curve
 
 
 def test_batch_labels_keep_the_end_of_text_token(tokenizer):

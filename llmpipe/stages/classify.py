@@ -19,7 +19,7 @@ from transformers import (
     set_seed,
 )
 
-from llmpipe import adapters, artifacts, atomic, baseline, spam, stage
+from llmpipe import adapters, artifacts, atomic, baseline, spam, stage, throughput
 from llmpipe.config import library_section
 from llmpipe.errors import UserError
 from llmpipe.scores import classification_scores
@@ -92,7 +92,9 @@ def main(args: argparse.Namespace) -> None:
             train_dataset=encoded["train"],
             eval_dataset=encoded["validation"],
             data_collator=DataCollatorWithPadding(tokenizer),
+            processing_class=tokenizer,
             compute_metrics=compute_scores,
+            callbacks=[timer := throughput.Throughput()],
         )
         trainer.train()
         final = trainer.evaluate(eval_dataset=dict(encoded))
@@ -107,7 +109,7 @@ def main(args: argparse.Namespace) -> None:
                 tokenizer.save_pretrained(staging)
         job.tracker.log_model_folder(args.output)
 
-        metrics = dict(counts)
+        metrics = counts | timer.summary(trainer)
         for split in splits:
             for key in ("accuracy", "precision", "recall", "f1"):
                 metrics[f"{split}_{key}"] = round(final[f"eval_{split}_{key}"], 4)

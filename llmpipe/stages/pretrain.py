@@ -9,11 +9,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from datasets import DatasetDict, load_from_disk
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
-from llmpipe import artifacts, atomic, generate, stage
+from llmpipe import artifacts, atomic, generate, packing, stage, throughput
 from llmpipe.config import library_section
 from llmpipe.errors import UserError
 
@@ -28,13 +27,6 @@ class PretrainRecipe:
     train_eval_blocks: int | None = None  # train blocks scored beside validation at each evaluation; default: as many as validation
     sample_prompt: str = "Every effort moves you"  # continued greedily after training, logged
     sample_max_new_tokens: int = 40
-
-
-def causal_lm_batch(features: list[dict]) -> dict[str, torch.Tensor]:
-    """Blocks are all full length, so labels are the inputs (the model shifts them). Not
-    DataCollatorForLanguageModeling: with pad == EOS it would mask every EOS out of the loss."""
-    input_ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
-    return {"input_ids": input_ids, "labels": input_ids}
 
 
 def check_recipe(recipe: PretrainRecipe, source: Path) -> None:
@@ -107,8 +99,8 @@ def main(args: argparse.Namespace) -> None:
 
     with job.tracker:
         job.log_config()
-        training = stage.training_arguments(
-            TrainingArguments, recipe.training, args.checkpoints, job, include_num_input_tokens_seen=True
+        training = stage.training_arguments(  # blocks are full: every token counts
+            TrainingArguments, recipe.training, args.checkpoints, job, include_num_input_tokens_seen="all"
         )
         set_seed(training.seed)
         model = build_model(recipe, tokenizer, context_length, job.recipe_path)
@@ -118,10 +110,11 @@ def main(args: argparse.Namespace) -> None:
             args=training,
             train_dataset=corpus["train"],
             eval_dataset={"train": train_eval, "validation": corpus["validation"]},
-            data_collator=causal_lm_batch,
+            data_collator=packing.causal_lm_batch,
+            callbacks=[timer := throughput.Throughput()],
         )
         initial = trainer.evaluate()
-        result = trainer.train()
+        trainer.train()
         final = trainer.evaluate()
         if not trainer.is_world_process_zero():
             return
@@ -150,12 +143,11 @@ def main(args: argparse.Namespace) -> None:
             "parameters": model.num_parameters(),
             "steps": trainer.state.global_step,
             "train_tokens": tokens_seen,
-            "tokens_per_second": round(tokens_seen / result.metrics["train_runtime"], 1),
-            "train_seconds": round(result.metrics["train_runtime"], 2),
+            **timer.summary(trainer),
         }
         job.finish(
             metrics,
             f"{metrics['parameters'] / 1e6:.2f}M-parameter GPT-2 -> {Path(args.output)}: val loss "
             f"{metrics['initial_val_loss']:.3f} -> {val_loss:.3f} (perplexity {metrics['val_perplexity']:.1f}), "
-            f"{metrics['tokens_per_second']:.0f} tokens/s; sample: {sample.strip()[:60]!r}",
+            f"{metrics['tokens_per_second']:.0f} tokens/s{throughput.mfu_text(metrics)}; sample: {sample.strip()[:60]!r}",
         )

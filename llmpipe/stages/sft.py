@@ -11,7 +11,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from llmpipe import artifacts, atomic, generate, instructions, stage
+from llmpipe import artifacts, atomic, generate, instructions, stage, throughput
 from llmpipe.config import library_section
 
 
@@ -77,6 +77,7 @@ def run(
             eval_dataset={"train": stage.train_probe(data["train"], len(data["validation"])), "validation": data["validation"]},
             processing_class=tokenizer,
             peft_config=peft_config(recipe) if peft_config else None,
+            callbacks=[timer := throughput.Throughput()],
         )
         initial = trainer.evaluate()
         trainer.train()
@@ -98,6 +99,7 @@ def run(
             "val_loss": round(final["eval_validation_loss"], 4),
             "train_examples": len(data["train"]),
             **counts,
+            **timer.summary(trainer),
         }
         job.finish(
             metrics,

@@ -1,0 +1,142 @@
+"""`make bench`: the pretrain stage's training loop (transformers `Trainer`) against a plain PyTorch
+loop training the same `GPT2LMHeadModel` on the same batches, in the same process; tokens/s, their
+ratio, MFU and peak memory, each the median of several runs. Writes bench/results.json."""
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments, set_seed
+
+from llmpipe import throughput
+from llmpipe.packing import causal_lm_batch
+
+GPT2_VOCAB = 50257
+
+
+def recipe_shape(recipe: Path) -> dict:
+    """Model config, context, batch size and precision of a recipe folder's pretrain stage."""
+    read = lambda stage: yaml.safe_load((recipe / f"{stage}.yaml").read_text()) or {}  # noqa: E731
+    tokenizer, corpus, pretrain = read("tokenizer"), read("corpus"), read("pretrain")
+    vocab = GPT2_VOCAB if tokenizer.get("init_from") == "gpt2" else tokenizer["trainer"]["vocab_size"]
+    training = pretrain.get("training", {})
+    return {
+        "config": GPT2Config(vocab_size=vocab, **pretrain.get("model", {})),
+        "context": corpus["context_length"],
+        "batch": training.get("per_device_train_batch_size", 8),
+        "learning_rate": float(training.get("learning_rate", 1e-3)),
+        "bf16": bool(training.get("bf16", False)) and torch.cuda.is_available(),
+    }
+
+
+def fresh_model(shape: dict, device: torch.device) -> GPT2LMHeadModel:
+    set_seed(0)
+    return GPT2LMHeadModel(shape["config"]).to(device)
+
+
+def plain_loop(shape: dict, blocks: torch.Tensor, warmup: int, device: torch.device) -> float:
+    """Seconds for the timed steps of the textbook loop: forward, backward, clip, AdamW step."""
+    model = fresh_model(shape, device).train()
+    if shape["compile"]:
+        model = torch.compile(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=shape["learning_rate"], weight_decay=0.1, fused=device.type == "cuda")
+    batches = blocks.split(shape["batch"])
+    for step, batch in enumerate(batches):
+        if step == warmup:
+            throughput.synchronize()
+            started = time.perf_counter()
+        batch = batch.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=shape["bf16"]):
+            loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    throughput.synchronize()
+    return time.perf_counter() - started
+
+
+def trainer_loop(shape: dict, blocks: torch.Tensor, warmup: int, device: torch.device) -> float:
+    """Seconds for the timed steps under `Trainer` with the pretrain stage's collator."""
+    model = fresh_model(shape, device)
+    timer = throughput.Throughput(skip_steps=warmup)
+    with tempfile.TemporaryDirectory() as scratch:
+        arguments = TrainingArguments(
+            output_dir=scratch, max_steps=len(blocks) // shape["batch"], per_device_train_batch_size=shape["batch"],
+            learning_rate=shape["learning_rate"], weight_decay=0.1, max_grad_norm=1.0, bf16=shape["bf16"],
+            optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch", report_to=[], save_strategy="no",
+            logging_strategy="no", disable_tqdm=True, dataloader_drop_last=True, include_num_input_tokens_seen="all",
+            torch_compile=shape["compile"],
+            dataloader_pin_memory=device.type == "cuda",
+        )
+        rows = [{"input_ids": block.tolist()} for block in blocks]
+        trainer = Trainer(model=model, args=arguments, train_dataset=rows, data_collator=causal_lm_batch, callbacks=[timer])
+        trainer.train()
+    return timer.seconds
+
+
+def measure(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    shape = recipe_shape(recipe) | {"compile": compile}
+    generator = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, shape["config"].vocab_size, ((steps + warmup) * shape["batch"], shape["context"]), generator=generator)
+    timed_tokens = steps * shape["batch"] * shape["context"]
+    with torch.device("meta"):
+        shaped = GPT2LMHeadModel(shape["config"])
+    flops_per_token = throughput.training_flops_per_token(shaped, shape["context"])
+    parameters = sum(p.numel() for p in shaped.parameters())
+    peak, source = throughput.device_peak(device)
+    runs = []
+    for _ in range(repeats):
+        plain = timed_tokens / plain_loop(shape, blocks, warmup, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        library = timed_tokens / trainer_loop(shape, blocks, warmup, device)
+        runs.append({"plain_tokens_per_second": round(plain, 1), "trainer_tokens_per_second": round(library, 1)})
+    plain = statistics.median(run["plain_tokens_per_second"] for run in runs)
+    library = statistics.median(run["trainer_tokens_per_second"] for run in runs)
+    mfu = (lambda tokens_per_second: round(flops_per_token * tokens_per_second / peak, 4) if peak else None)  # noqa: E731
+    return {
+        "recipe": str(recipe),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "parameters": parameters,
+        "batch": shape["batch"], "context": shape["context"], "bf16": shape["bf16"], "compile": compile, "timed_steps": steps, "repeats": repeats,
+        "plain_tokens_per_second": plain,
+        "trainer_tokens_per_second": library,
+        "trainer_vs_plain": round(library / plain, 3),
+        "plain_mfu": mfu(plain),
+        "trainer_mfu": mfu(library),
+        "flops_per_token": flops_per_token,
+        "device_peak_tflops": round(peak / 1e12, 3) if peak else None,
+        "device_peak_source": source,
+        "peak_memory_gb": round(throughput.peak_memory_gb(device), 3),
+        "runs": runs,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m llmpipe.bench", description=__doc__)
+    parser.add_argument("--recipe", type=Path, default=Path("recipes/tiny"), help="recipe folder whose pretrain model is measured (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs; the median is reported (default: %(default)s)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model in both loops")
+    parser.add_argument("--output", type=Path, default=Path("bench/results.json"), help="JSON to write (default: %(default)s)")
+    args = parser.parse_args()
+    result = measure(args.recipe, args.steps, args.warmup, args.repeats, args.compile)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'loop':<10}{'tokens/s':>14}{'ratio':>8}{'MFU':>8}   {result['device']}, {result['parameters'] / 1e6:.1f}M parameters")
+    mfu = lambda value: f"{value:>8.2%}" if value is not None else f"{'n/a':>8}"  # noqa: E731
+    print(f"{'plain':<10}{result['plain_tokens_per_second']:>14,.0f}{1.0:>8.2f}{mfu(result['plain_mfu'])}")
+    print(f"{'Trainer':<10}{result['trainer_tokens_per_second']:>14,.0f}{result['trainer_vs_plain']:>8.2f}{mfu(result['trainer_mfu'])}")
+    print(f"-> {args.output}")
+
+
+if __name__ == "__main__":
+    main()

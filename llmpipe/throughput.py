@@ -1,0 +1,134 @@
+"""Training throughput: tokens per second of the training steps, peak memory, and model FLOPs
+utilisation (MFU): achieved FLOP/s over the device's peak — on a GPU its datasheet's dense bf16
+peak, on a CPU this machine's measured fp32 matmul throughput (measured once, then cached)."""
+
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, Trainer, TrainerCallback
+
+# Dense bf16 tensor-core peaks from the vendors' datasheets, FLOP/s; the first name found in
+# torch.cuda.get_device_name() wins, so a specific name precedes a shorter one it contains.
+GPU_PEAKS = [
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+    ("V100", 125e12),  # fp16: V100 has no bf16
+]
+CPU_PEAK_CACHE = Path.home() / ".cache" / "llmpipe" / "cpu_matmul_peak.json"
+
+
+def gpu_peak(name: str) -> float | None:
+    return next((peak for key, peak in GPU_PEAKS if key in name), None)
+
+
+def cpu_matmul_peak(size: int = 1024, seconds: float = 1.0) -> float:
+    """Best fp32 matmul FLOP/s of this CPU with torch's current thread count."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm-up
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+def device_peak(device: torch.device) -> tuple[float | None, str]:
+    """(peak FLOP/s or None if unknown, where the figure comes from)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return gpu_peak(name), f"{name} datasheet bf16 dense"
+    key = f"{platform.processor() or platform.machine()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    cache = json.loads(CPU_PEAK_CACHE.read_text()) if CPU_PEAK_CACHE.is_file() else {}
+    if key not in cache:
+        cache[key] = cpu_matmul_peak()
+        CPU_PEAK_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        CPU_PEAK_CACHE.write_text(json.dumps(cache, indent=2))
+    return cache[key], f"measured fp32 matmul, {torch.get_num_threads()} threads"
+
+
+def training_flops_per_token(model: PreTrainedModel, sequence_length: int) -> float:
+    """Forward 2N, backward 2N to the activations plus 2N' for the N' trainable weights' gradients
+    (6N when everything trains), plus attention's 12 x layers x width x sequence (PaLM, appendix B)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    config = model.config
+    attention = 12 * config.num_hidden_layers * config.hidden_size * sequence_length
+    return 4 * total + 2 * trainable + attention
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+class Throughput(TrainerCallback):
+    """Times the training steps only (not evaluation or saving) and reports, at the end, tokens/s,
+    achieved FLOP/s per device, MFU and peak memory. Needs `include_num_input_tokens_seen`."""
+
+    def __init__(self, skip_steps: int = 0):
+        self.skip_steps = skip_steps  # warm-up steps left out of the timing (benchmarks)
+        self.seconds = 0.0
+        self.untimed_tokens = 0
+        self._started: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._started is None:  # a run of steps starts: after warm-up, evaluation, saving or logging
+            synchronize()
+            self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # Synchronising only where a run of steps ends lets the GPU queue work ahead in between.
+        interrupted = control.should_evaluate or control.should_save or control.should_log or control.should_training_stop
+        if state.global_step <= self.skip_steps:
+            synchronize()
+            self.untimed_tokens = state.num_input_tokens_seen
+            self._started = None
+        elif interrupted or state.global_step >= state.max_steps:
+            synchronize()
+            self.seconds += time.perf_counter() - self._started
+            self._started = None
+
+    def summary(self, trainer: Trainer) -> dict[str, float | str]:
+        args, state, model = trainer.args, trainer.state, trainer.model
+        tokens = state.num_input_tokens_seen - self.untimed_tokens
+        steps = state.global_step - self.skip_steps
+        sequences = steps * args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+        tokens_per_second = tokens / self.seconds if self.seconds else 0.0
+        flops_per_token = training_flops_per_token(model, round(tokens / max(sequences, 1)))
+        achieved = flops_per_token * tokens_per_second / args.world_size
+        peak, source = device_peak(model.device)
+        metrics = {
+            "tokens_per_second": round(tokens_per_second, 1),
+            "train_step_seconds": round(self.seconds, 2),
+            "achieved_tflops_per_device": round(achieved / 1e12, 4),
+            "peak_memory_gb": round(peak_memory_gb(model.device), 3),
+        }
+        if peak:
+            metrics["mfu"] = round(achieved / peak, 4)
+            metrics["device_peak_tflops"] = round(peak / 1e12, 3)
+        metrics["device_peak_source"] = source
+        return metrics
+
+
+def mfu_text(metrics: dict) -> str:
+    """", MFU 12.3%" for a stage's summary line, or nothing where the device's peak is unknown."""
+    return f", MFU {metrics['mfu']:.1%}" if "mfu" in metrics else ""

@@ -1,0 +1,62 @@
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+from llmpipe import throughput
+from llmpipe.packing import causal_lm_batch
+
+
+def small_model() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2))
+
+
+def test_full_training_costs_six_flops_per_parameter_per_token_plus_attention():
+    model = small_model()
+    n = sum(p.numel() for p in model.parameters())
+    assert throughput.training_flops_per_token(model, 16) == 6 * n + 12 * 2 * 16 * 16
+
+
+def test_frozen_weights_cost_no_weight_gradients():
+    model = get_peft_model(small_model(), LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert 0 < trainable < total
+    assert throughput.training_flops_per_token(model, 16) == 4 * total + 2 * trainable + 12 * 2 * 16 * 16
+
+
+@pytest.mark.parametrize(
+    "name, peak",
+    [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12),
+     ("NVIDIA A100-SXM4-80GB", 312e12), ("Some Future GPU", None)],
+)
+def test_gpu_peaks_come_from_the_most_specific_name(name, peak):
+    assert throughput.gpu_peak(name) == peak
+
+
+def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(throughput, "CPU_PEAK_CACHE", tmp_path / "peak.json")
+    calls = []
+    monkeypatch.setattr(throughput, "cpu_matmul_peak", lambda: calls.append(1) or 1e11)
+    assert throughput.device_peak(torch.device("cpu"))[0] == 1e11
+    assert throughput.device_peak(torch.device("cpu"))[0] == 1e11
+    assert calls == [1]
+
+
+def test_callback_counts_the_timed_steps_tokens_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(throughput, "device_peak", lambda device: (1e9, "test"))
+    blocks = [{"input_ids": list(range(i, i + 16))} for i in range(12)]
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=2, report_to=[], save_strategy="no",
+        include_num_input_tokens_seen="non_padding", disable_tqdm=True, use_cpu=True,
+    )
+    timer = throughput.Throughput(skip_steps=2)
+    trainer = Trainer(model=small_model(), args=arguments, train_dataset=blocks, data_collator=causal_lm_batch, callbacks=[timer])
+    trainer.train()
+    summary = timer.summary(trainer)
+    assert trainer.state.num_input_tokens_seen - timer.untimed_tokens == 4 * 2 * 16  # steps 3-6
+    assert summary["tokens_per_second"] == pytest.approx(4 * 2 * 16 / timer.seconds, rel=1e-3)
+    flops = throughput.training_flops_per_token(trainer.model, 16)
+    assert summary["mfu"] == pytest.approx(flops * summary["tokens_per_second"] / 1e9, rel=1e-2)
+    assert summary["peak_memory_gb"] > 0
