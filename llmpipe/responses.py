@@ -44,7 +44,6 @@ def generate_responses(
     the new tokens that fit the context after its longest prompt, and a prompt that fills the context
     alone gets an empty response."""
     model.eval()
-    tokenizer.padding_side = "left"
     add_special = prompt_format != "chat"  # a chat template already writes its special tokens
     encoded = [tokenizer(p, add_special_tokens=add_special)["input_ids"] for p in prompts]
     context = artifacts.context_length(model)
@@ -55,7 +54,8 @@ def generate_responses(
         progress.update(len(prompts) - len(fitting))
         for start in range(0, len(fitting), batch_size):
             batch = fitting[start : start + batch_size]
-            inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(model.device)
+            padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, padding_side="left", return_tensors="pt")
+            inputs = padded.to(model.device)
             width = inputs["input_ids"].shape[1]
             batch_settings = copy.copy(settings)
             batch_settings.max_new_tokens = min(settings.max_new_tokens, context - width)

@@ -42,6 +42,16 @@ def train_probe(train: Dataset, size: int) -> Dataset:
     return train.select(range(min(size, len(train))))
 
 
+def loss_metrics(initial: dict, final: dict) -> dict[str, float]:
+    """Train-probe and validation loss before and after training, from `Trainer.evaluate` on both."""
+    return {
+        "initial_train_loss": round(initial["eval_train_loss"], 4),
+        "initial_val_loss": round(initial["eval_validation_loss"], 4),
+        "train_loss": round(final["eval_train_loss"], 4),
+        "val_loss": round(final["eval_validation_loss"], 4),
+    }
+
+
 def describe(schema: type) -> str:
     """The recipe's keys for --help: own keys with defaults, library sections by class."""
     parts = []

@@ -102,7 +102,7 @@ class Throughput(TrainerCallback):
             synchronize()
             self.untimed_tokens = state.num_input_tokens_seen
             self._started = None
-        elif interrupted or state.global_step >= state.max_steps:
+        elif interrupted:
             synchronize()
             self.seconds += time.perf_counter() - self._started
             self._started = None

@@ -135,10 +135,7 @@ def main(args: argparse.Namespace) -> None:
         val_loss = final["eval_validation_loss"]
         tokens_seen = trainer.state.num_input_tokens_seen
         metrics = {
-            "initial_val_loss": round(initial["eval_validation_loss"], 4),
-            "initial_train_loss": round(initial["eval_train_loss"], 4),
-            "train_loss": round(final["eval_train_loss"], 4),
-            "val_loss": round(val_loss, 4),
+            **stage.loss_metrics(initial, final),
             "val_perplexity": round(math.exp(val_loss), 2),
             "parameters": model.num_parameters(),
             "steps": trainer.state.global_step,

@@ -11,7 +11,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from llmpipe import artifacts, atomic, generate, instructions, stage, throughput
+from llmpipe import artifacts, atomic, generate, instructions, responses, stage, throughput
 from llmpipe.config import library_section
 
 
@@ -85,18 +85,15 @@ def run(
         if not trainer.is_world_process_zero():
             return
 
-        responses = validation_responses(trainer.model, tokenizer, entries["validation"][: recipe.sample_responses], recipe)
-        job.tracker.log_table(responses, "validation_responses.json")
+        samples = validation_responses(trainer.model, tokenizer, entries["validation"][: recipe.sample_responses], recipe)
+        job.tracker.log_table(samples, "validation_responses.json")
         counts = artifacts.parameter_counts(trainer.model)
         with atomic.directory(args.output) as staging:
             (save or save_model)(trainer, tokenizer, staging)
         job.tracker.log_model_folder(args.output)
 
         metrics = {
-            "initial_train_loss": round(initial["eval_train_loss"], 4),
-            "initial_val_loss": round(initial["eval_validation_loss"], 4),
-            "train_loss": round(final["eval_train_loss"], 4),
-            "val_loss": round(final["eval_validation_loss"], 4),
+            **stage.loss_metrics(initial, final),
             "train_examples": len(data["train"]),
             **counts,
             **timer.summary(trainer),
@@ -115,15 +112,7 @@ def save_model(trainer: SFTTrainer, tokenizer, folder: Path) -> None:
 
 
 def validation_responses(model: PreTrainedModel, tokenizer, entries: list[dict], recipe: SftRecipe) -> dict[str, list]:
-    model.eval()
-    table = {"instruction": [], "reference": [], "response": []}
-    for entry in entries:
-        prompt = instructions.prompt_text(entry, recipe.prompt_format, tokenizer)
-        room = artifacts.context_length(model) - len(tokenizer(prompt)["input_ids"])
-        if room < 1:  # the prompt alone fills the context: nothing to generate
-            continue
-        response = generate.continue_text(model, tokenizer, prompt, generate.decoding(tokenizer, min(recipe.max_new_tokens, room)))
-        table["instruction"].append(prompt)
-        table["reference"].append(instructions.reference(entry))
-        table["response"].append(response.strip())
-    return table
+    prompts = [instructions.prompt_text(entry, recipe.prompt_format, tokenizer) for entry in entries]
+    settings = generate.decoding(tokenizer, recipe.max_new_tokens)
+    answers = responses.generate_responses(model, tokenizer, prompts, settings, recipe.prompt_format, len(prompts) or 1)
+    return {"instruction": prompts, "reference": [instructions.reference(e) for e in entries], "response": answers}
