@@ -37,6 +37,16 @@ def directory(target: str | Path) -> Iterator[Path]:
         os.replace(staging, target)
 
 
+@contextlib.contextmanager
+def scratch(beside: str | Path) -> Iterator[Path]:
+    """A working folder next to `beside`, removed afterwards: on the output's disk, which holds what
+    the output will, unlike /tmp (often small, or in RAM)."""
+    target = Path(beside)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.work-", dir=target.parent) as folder:
+        yield Path(folder)
+
+
 def write_text(target: str | Path, text: str) -> None:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)

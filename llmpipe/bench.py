@@ -1,6 +1,8 @@
 """`make bench`: the pretrain stage's training loop (transformers `Trainer`) against a plain PyTorch
 loop training the same `GPT2LMHeadModel` on the same batches, in the same process; tokens/s, their
-ratio, MFU and peak memory, each the median of several runs. Writes bench/results.json."""
+ratio, MFU and peak memory, each the median of several runs; the effect of each fast default (SDPA
+attention, fused AdamW, no dataloader workers). With `bench_data`: tokenizer training against
+sentencepiece, and the corpus stage on corpora up to a gigabyte. Writes bench/results.json."""
 
 import argparse
 import json
@@ -34,9 +36,19 @@ def recipe_shape(recipe: Path) -> dict:
     }
 
 
-def fresh_model(shape: dict, device: torch.device) -> GPT2LMHeadModel:
+# Trainer settings whose effect the benchmark shows, each against the defaults (SDPA attention, fused
+# AdamW, batches collated in the training process).
+VARIANTS = {
+    "eager_attention": {"attention": "eager"},
+    "unfused_adamw": {"optim": "adamw_torch"},
+    "two_dataloader_workers": {"workers": 2},
+}
+
+
+def fresh_model(shape: dict, device: torch.device, attention: str = "sdpa") -> GPT2LMHeadModel:
     set_seed(0)
-    return GPT2LMHeadModel(shape["config"]).to(device)
+    config = GPT2Config(**{**shape["config"].to_dict(), "attn_implementation": attention})
+    return GPT2LMHeadModel(config).to(device)
 
 
 def plain_loop(shape: dict, blocks: torch.Tensor, warmup: int, device: torch.device) -> float:
@@ -44,7 +56,7 @@ def plain_loop(shape: dict, blocks: torch.Tensor, warmup: int, device: torch.dev
     model = fresh_model(shape, device).train()
     if shape["compile"]:
         model = torch.compile(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=shape["learning_rate"], weight_decay=0.1, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=shape["learning_rate"], weight_decay=0.1, fused=True)
     batches = blocks.split(shape["batch"])
     for step, batch in enumerate(batches):
         if step == warmup:
@@ -61,15 +73,18 @@ def plain_loop(shape: dict, blocks: torch.Tensor, warmup: int, device: torch.dev
     return time.perf_counter() - started
 
 
-def trainer_loop(shape: dict, blocks: torch.Tensor, warmup: int, device: torch.device) -> float:
+def trainer_loop(
+    shape: dict, blocks: torch.Tensor, warmup: int, device: torch.device,
+    attention: str = "sdpa", optim: str = "adamw_torch_fused", workers: int = 0,
+) -> float:
     """Seconds for the timed steps under `Trainer` with the pretrain stage's collator."""
-    model = fresh_model(shape, device)
+    model = fresh_model(shape, device, attention)
     timer = throughput.Throughput(skip_steps=warmup)
     with tempfile.TemporaryDirectory() as scratch:
         arguments = TrainingArguments(
             output_dir=scratch, max_steps=len(blocks) // shape["batch"], per_device_train_batch_size=shape["batch"],
             learning_rate=shape["learning_rate"], weight_decay=0.1, max_grad_norm=1.0, bf16=shape["bf16"],
-            optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch", report_to=[], save_strategy="no",
+            optim=optim, dataloader_num_workers=workers, report_to=[], save_strategy="no",
             logging_strategy="no", disable_tqdm=True, dataloader_drop_last=True, include_num_input_tokens_seen="all",
             torch_compile=shape["compile"],
             dataloader_pin_memory=device.type == "cuda",
@@ -80,7 +95,7 @@ def trainer_loop(shape: dict, blocks: torch.Tensor, warmup: int, device: torch.d
     return timer.seconds
 
 
-def measure(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool) -> dict:
+def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shape = recipe_shape(recipe) | {"compile": compile}
     generator = torch.Generator().manual_seed(0)
@@ -98,8 +113,13 @@ def measure(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool) 
             torch.cuda.reset_peak_memory_stats(device)
         library = timed_tokens / trainer_loop(shape, blocks, warmup, device)
         runs.append({"plain_tokens_per_second": round(plain, 1), "trainer_tokens_per_second": round(library, 1)})
+    peak_memory = throughput.peak_memory_gb(device)
     plain = statistics.median(run["plain_tokens_per_second"] for run in runs)
     library = statistics.median(run["trainer_tokens_per_second"] for run in runs)
+    variants = {}
+    for name, settings in VARIANTS.items():
+        speed = statistics.median(timed_tokens / trainer_loop(shape, blocks, warmup, device, **settings) for _ in range(repeats))
+        variants[name] = {"trainer_tokens_per_second": round(speed, 1), "vs_default": round(speed / library, 3)}
     mfu = (lambda tokens_per_second: round(flops_per_token * tokens_per_second / peak, 4) if peak else None)  # noqa: E731
     return {
         "recipe": str(recipe),
@@ -114,27 +134,57 @@ def measure(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool) 
         "flops_per_token": flops_per_token,
         "device_peak_tflops": round(peak / 1e12, 3) if peak else None,
         "device_peak_source": source,
-        "peak_memory_gb": round(throughput.peak_memory_gb(device), 3),
+        "peak_memory_gb": round(peak_memory, 3),
         "runs": runs,
+        "variants": variants,
     }
 
 
+def print_tables(results: dict) -> None:
+    mfu = lambda value: f"{value:>8.2%}" if value is not None else f"{'n/a':>8}"  # noqa: E731
+    if train := results.get("training"):
+        print(f"{'training loop':<24}{'tokens/s':>12}{'ratio':>8}{'MFU':>8}   {train['device']}, {train['parameters'] / 1e6:.1f}M parameters")
+        print(f"{'plain PyTorch':<24}{train['plain_tokens_per_second']:>12,.0f}{1.0:>8.2f}{mfu(train['plain_mfu'])}")
+        print(f"{'Trainer (pretrain)':<24}{train['trainer_tokens_per_second']:>12,.0f}{train['trainer_vs_plain']:>8.2f}{mfu(train['trainer_mfu'])}")
+        for name, variant in train["variants"].items():
+            print(f"{'  ' + name.replace('_', ' '):<24}{variant['trainer_tokens_per_second']:>12,.0f}{variant['vs_default']:>8.2f}  (vs Trainer defaults)")
+        print(f"{'peak memory':<24}{train['peak_memory_gb']:>11.2f}G")
+    if tok := results.get("tokenizer_training"):
+        print(f"\n{'BPE training':<24}{'MB/s':>12}{'ratio':>8}{'peak':>8}   {tok['text_mb']} MB, vocabulary {tok['vocab_size']}")
+        print(f"{'sentencepiece':<24}{tok['sentencepiece_mb_per_second']:>12.2f}{1.0:>8.2f}{tok['sentencepiece_peak_memory_gb']:>7.2f}G")
+        print(f"{'tokenizers (stage)':<24}{tok['tokenizers_mb_per_second']:>12.2f}{tok['tokenizers_vs_sentencepiece']:>8.2f}{tok['tokenizers_peak_memory_gb']:>7.2f}G")
+    for corpus in results.get("corpus_stage", []):
+        print(f"corpus stage, {corpus['text_mb']:>7.0f} MB text: {corpus['tokens_per_second']:>10,.0f} tokens/s, peak memory {corpus['peak_memory_gb']:.2f} GB")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m llmpipe.bench", description=__doc__)
-    parser.add_argument("--recipe", type=Path, default=Path("recipes/tiny"), help="recipe folder whose pretrain model is measured (default: %(default)s)")
+    parser = argparse.ArgumentParser(prog="python -m llmpipe.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="training,tokenizer,corpus", help="what to measure, comma-separated (default: %(default)s)")
+    parser.add_argument("--recipe", type=Path, default=Path("recipes/tiny"), help="recipe folder whose pretrain model and corpus settings are measured (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="runs; the median is reported (default: %(default)s)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in both loops")
+    parser.add_argument("--tokenizer-mb", type=float, default=16, help="generated text both BPE trainers learn from (default: %(default)s)")
+    parser.add_argument("--corpus-mb", default="64,1024", help="generated corpus sizes for the corpus stage, comma-separated (default: %(default)s)")
+    parser.add_argument("--corpus-repeats", type=int, default=1, help="corpus stage runs per size (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=Path("bench/results.json"), help="JSON to write (default: %(default)s)")
     args = parser.parse_args()
-    result = measure(args.recipe, args.steps, args.warmup, args.repeats, args.compile)
+    parts = set(args.parts.split(","))
+    results = {}
+    if "training" in parts:
+        results["training"] = training(args.recipe, args.steps, args.warmup, args.repeats, args.compile)
+    if parts & {"tokenizer", "corpus"}:
+        from llmpipe import bench_data  # needs `datasets`, which a bare GPU machine may lack
+
+        recipe = yaml.safe_load((args.recipe / "corpus.yaml").read_text()) | {"num_proc": 1}  # one process: its memory is the peak
+        vocab = yaml.safe_load((args.recipe / "tokenizer.yaml").read_text())["trainer"]["vocab_size"]
+        corpus_mb = [float(size) for size in args.corpus_mb.split(",")] if "corpus" in parts else []
+        data = bench_data.measure(args.tokenizer_mb, vocab, corpus_mb, args.repeats, args.corpus_repeats, recipe)
+        results |= data if "tokenizer" in parts else {"corpus_stage": data["corpus_stage"]}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'loop':<10}{'tokens/s':>14}{'ratio':>8}{'MFU':>8}   {result['device']}, {result['parameters'] / 1e6:.1f}M parameters")
-    mfu = lambda value: f"{value:>8.2%}" if value is not None else f"{'n/a':>8}"  # noqa: E731
-    print(f"{'plain':<10}{result['plain_tokens_per_second']:>14,.0f}{1.0:>8.2f}{mfu(result['plain_mfu'])}")
-    print(f"{'Trainer':<10}{result['trainer_tokens_per_second']:>14,.0f}{result['trainer_vs_plain']:>8.2f}{mfu(result['trainer_mfu'])}")
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print_tables(results)
     print(f"-> {args.output}")
 
 

@@ -2,21 +2,28 @@
 
 The tokenizer and corpus stages both call `load`, so the tokenizer trains on exactly the corpus's
 train documents and the validation text never shapes the vocabulary.
+
+Corpora larger than memory stream: files are read line by line and the documents written to Arrow
+files in a working folder as they come (`Dataset.from_generator`); everything after works on those
+memory-mapped files. Memory holds a writer batch of documents, plus 8 bytes per document for finding
+duplicates, never the corpus.
 """
 
 import glob
 import hashlib
-import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from datasets import Dataset, DatasetDict
+import numpy as np
+from datasets import Dataset, DatasetDict, Features, Value
+from datasets.exceptions import DatasetGenerationError
 
 from llmpipe.errors import UserError
 from llmpipe.params import DataParams, HubDataset
 
-_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+TEXT = Features({"text": Value("string")})
 
 
 @dataclass
@@ -25,15 +32,25 @@ class Documents:
     duplicates_removed: int
 
 
-def load(data: DataParams) -> Documents:
-    texts = [doc for path in _expand(data.files) for doc in split_documents(read_text(path), data.documents)]
-    texts += [text for source in data.hub for text in _hub_texts(source)]
-    if data.normalization:
-        texts = [unicodedata.normalize(data.normalization, text) for text in texts]
-    unique = deduplicate(texts) if data.deduplicate else texts
-    if not unique:
+def load(data: DataParams, workdir: str | Path) -> Documents:
+    """The documents of `data`, as Arrow files in `workdir` (put it on a disk, not a RAM-backed /tmp)."""
+    paths = _expand(data.files)
+    if next(_documents(paths, data), None) is None:
         raise UserError("params.yaml: data: the corpus has no documents (are the files empty?)")
-    return Documents(split(unique, data.validation_fraction, data.seed), len(texts) - len(unique))
+    try:
+        every = Dataset.from_generator(_documents, features=TEXT, cache_dir=str(workdir), gen_kwargs={"paths": paths, "data": data})
+    except DatasetGenerationError as err:  # datasets wraps what the generator raised
+        raise err.__cause__ if isinstance(err.__cause__, UserError) else err
+    unique = deduplicate(every) if data.deduplicate else every
+    return Documents(split(unique, data.validation_fraction, data.seed), len(every) - len(unique))
+
+
+def _documents(paths: list[Path], data: DataParams) -> Iterator[dict]:
+    texts = (doc for path in paths for doc in read_documents(path, data.documents))
+    hub = (text for source in data.hub for text in _hub_texts(source))
+    for source in (texts, hub):
+        for text in source:
+            yield {"text": unicodedata.normalize(data.normalization, text) if data.normalization else text}
 
 
 def _expand(patterns: list[str]) -> list[Path]:
@@ -46,29 +63,44 @@ def _expand(patterns: list[str]) -> list[Path]:
     return paths
 
 
-def read_text(path: Path) -> str:
-    raw = path.read_bytes()
+def _decode(raw: bytes, path: Path, offset: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise UserError(
-            f"{path}: not UTF-8 text (byte offset {err.start}: {raw[err.start:err.start + 4]!r}); "
+            f"{path}: not UTF-8 text (byte offset {offset + err.start}: {raw[err.start:err.start + 4]!r}); "
             "convert it, e.g. `iconv -f latin1 -t utf-8`"
         ) from None
 
 
-def split_documents(text: str, unit: str) -> list[str]:
-    """One file -> documents: paragraphs (blank-line separated), lines, or the whole file."""
+def read_text(path: Path) -> str:
+    return _decode(path.read_bytes(), path, 0)
+
+
+def read_documents(path: Path, unit: str) -> Iterator[str]:
+    """One file -> documents, streamed: paragraphs (separated by blank lines), lines, or the whole file."""
     if unit == "files":
-        pieces = [text]
-    elif unit == "lines":
-        pieces = text.splitlines()
-    else:
-        pieces = _BLANK_LINE.split(text.replace("\r\n", "\n"))
-    return [piece.strip() for piece in pieces if piece.strip()]
+        if text := read_text(path).strip():
+            yield text
+        return
+    paragraph: list[str] = []
+    offset = 0
+    with open(path, "rb") as handle:
+        for raw in handle:  # a UTF-8 character never contains the byte \n, so lines split safely
+            line = _decode(raw, path, offset).rstrip("\r\n")
+            offset += len(raw)
+            if unit == "lines":
+                yield from (piece.strip() for piece in line.splitlines() if piece.strip())
+            elif line.strip(" \t"):
+                paragraph.append(line)
+            elif text := "\n".join(paragraph).strip():
+                yield text
+                paragraph = []
+    if text := "\n".join(paragraph).strip():
+        yield text
 
 
-def _hub_texts(source: HubDataset) -> list[str]:
+def _hub_texts(source: HubDataset) -> Iterator[str]:
     from datasets import load_dataset
 
     dataset = load_dataset(source.path, source.name, split=source.split)
@@ -77,29 +109,37 @@ def _hub_texts(source: HubDataset) -> list[str]:
             f"params.yaml: data.hub: {source.path} has no column {source.column!r}; "
             f"its columns are {dataset.column_names}"
         )
-    return [text for text in dataset[source.column] if text and text.strip()]
+    for batch in dataset.select_columns([source.column]).iter(batch_size=1000):
+        yield from (text for text in batch[source.column] if text and text.strip())
 
 
-def deduplicate(texts: list[str]) -> list[str]:
+def text_batches(documents: Dataset, size: int = 1000) -> Iterator[list[str]]:
+    """The documents' text, a batch at a time (what `tokenizers` trainers and batched tokenisation take)."""
+    for batch in documents.select_columns(["text"]).iter(batch_size=size):
+        yield batch["text"]
+
+
+def _digests(batch: dict) -> dict:
+    # 64 bits of sha256: the chance of two different documents colliding is ~n^2 / 2^65 (1e-5 at 10M documents)
+    return {"digest": [int.from_bytes(hashlib.sha256(t.encode("utf-8")).digest()[:8], "little", signed=True) for t in batch["text"]]}
+
+
+def deduplicate(documents: Dataset) -> Dataset:
     """Keep the first copy of each exact duplicate, in order."""
-    seen, unique = set(), []
-    for text in texts:
-        digest = hashlib.sha256(text.encode("utf-8")).digest()
-        if digest not in seen:
-            seen.add(digest)
-            unique.append(text)
-    return unique
+    digests = documents.map(_digests, batched=True, remove_columns=["text"], desc="deduplicate")
+    _, first = np.unique(digests.data.column("digest").to_numpy(), return_index=True)
+    return documents if len(first) == len(documents) else documents.select(np.sort(first))
 
 
-def split(texts: list[str], validation_fraction: float, seed: int) -> DatasetDict:
+def split(documents: Dataset, validation_fraction: float, seed: int) -> DatasetDict:
     """A seeded, deterministic split by document (datasets' own train_test_split)."""
     if not 0 < validation_fraction < 1:
         raise UserError(f"params.yaml: data.validation_fraction must be between 0 and 1, got {validation_fraction}")
-    n_validation = round(len(texts) * validation_fraction)
-    if n_validation < 1 or n_validation >= len(texts):
+    n_validation = round(len(documents) * validation_fraction)
+    if n_validation < 1 or n_validation >= len(documents):
         raise UserError(
-            f"params.yaml: data: {len(texts)} documents with validation_fraction {validation_fraction} "
+            f"params.yaml: data: {len(documents)} documents with validation_fraction {validation_fraction} "
             "leaves a split empty; add text or change validation_fraction"
         )
-    parts = Dataset.from_dict({"text": texts}).train_test_split(test_size=n_validation, seed=seed)
+    parts = documents.train_test_split(test_size=n_validation, seed=seed)
     return DatasetDict(train=parts["train"], validation=parts["test"])

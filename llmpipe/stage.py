@@ -1,16 +1,19 @@
 """What every pipeline stage shares: its command-line options, its config, its MLflow run, its ending."""
 
 import argparse
+import contextlib
 import dataclasses
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from datasets import Dataset
+from transformers import Trainer
 
-from llmpipe import atomic, config, params as pipeline_params
+from llmpipe import atomic, checkpoints, config, params as pipeline_params
 from llmpipe.errors import UserError
 from llmpipe.tracking import StageRun
 
@@ -34,7 +37,11 @@ def add_training_arguments(parser: argparse.ArgumentParser, stage: str, schema: 
     if base:
         parser.add_argument("--base", default="artifacts/pretrain", help="model to start from unless the recipe's init_from is set (default: %(default)s)")
     parser.add_argument("--output", default=f"artifacts/{stage}", help="folder to write (default: %(default)s)")
-    parser.add_argument("--checkpoints", default=f"checkpoints/{stage}", help="Trainer checkpoints (default: %(default)s)")
+    parser.add_argument(
+        "--checkpoints", default=f"checkpoints/{stage}",
+        help="Trainer checkpoints; an unfinished run of the same recipe resumes from the newest (default: %(default)s)",
+    )
+    parser.add_argument("--restart", action="store_true", help="discard the checkpoints of an unfinished run and train from the start")
 
 
 def train_probe(train: Dataset, size: int) -> Dataset:
@@ -42,8 +49,19 @@ def train_probe(train: Dataset, size: int) -> Dataset:
     return train.select(range(min(size, len(train))))
 
 
+def initial_losses(log_history: list[dict]) -> dict[str, float]:
+    """The evaluation at step 0 (`eval_on_start`), one log entry per eval data set, merged. Not a
+    `Trainer.evaluate()` before `train()`: under several processes that leaves the model without
+    gradient averaging (transformers 5.23), and a resumed run finds it in the checkpoint's history."""
+    merged = {}
+    for entry in log_history:
+        if entry.get("step") == 0 and any(key.startswith("eval_") for key in entry):
+            merged |= entry
+    return merged
+
+
 def loss_metrics(initial: dict, final: dict) -> dict[str, float]:
-    """Train-probe and validation loss before and after training, from `Trainer.evaluate` on both."""
+    """Train-probe and validation loss before and after training (`Trainer` evaluations of both)."""
     return {
         "initial_train_loss": round(initial["eval_train_loss"], 4),
         "initial_val_loss": round(initial["eval_validation_loss"], 4),
@@ -105,6 +123,8 @@ def training_arguments(cls: type, settings: dict, checkpoints: str, job: Stage, 
     reject_owned(settings, ("output_dir", "report_to"), f"{job.recipe_path}: `training", "--checkpoints and params.yaml mlflow")
     defaults = {
         "dataloader_pin_memory": torch.cuda.is_available(),  # pinning is for GPU copies
+        # without it, processes launched on a machine with no GPU each believe they are the only one
+        "use_cpu": not torch.cuda.is_available(),
         "include_num_input_tokens_seen": "non_padding",  # for tokens/s and MFU (throughput.Throughput)
         **defaults,
     }
@@ -112,6 +132,28 @@ def training_arguments(cls: type, settings: dict, checkpoints: str, job: Stage, 
         return cls(**{**defaults, **settings}, output_dir=checkpoints, report_to=job.tracker.report_to)
     except ValueError as err:
         raise UserError(f"{job.recipe_path}: training: {err}") from None
+
+
+def train(trainer: Trainer, args: argparse.Namespace, identity: dict) -> None:
+    """`trainer.train()`, resuming from --checkpoints when they hold an unfinished run of this `identity`."""
+    resume = checkpoints.resume_point(args.checkpoints, identity, args.restart, trainer.args)
+    if resume is not None:
+        trainer.args.eval_on_start = False  # the step-0 evaluation is in the checkpoint's history
+        if trainer.is_world_process_zero():
+            print(f"resuming from {resume}", flush=True)
+    trainer.train(resume_from_checkpoint=resume)
+
+
+@contextlib.contextmanager
+def output_folder(target: str | Path, trainer: Trainer) -> Iterator[Path]:
+    """Every rank saves (FSDP and DeepSpeed gather the weights across ranks inside `save_model`), but only
+    rank 0 writes into `target`, atomically; the others get a scratch folder outside the repository."""
+    if trainer.is_world_process_zero():
+        with atomic.directory(target) as staging:
+            yield staging
+    else:
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch)
 
 
 def begin(args: argparse.Namespace, name: str, schema: type) -> Stage:

@@ -87,10 +87,13 @@ class Throughput(TrainerCallback):
     def __init__(self, skip_steps: int = 0):
         self.skip_steps = skip_steps  # warm-up steps left out of the timing (benchmarks)
         self.seconds = 0.0
+        self.first_step: int | None = None  # where this process started: 0, or the step a resume continues from
         self.untimed_tokens = 0
         self._started: float | None = None
 
     def on_step_begin(self, args, state, control, **kwargs):
+        if self.first_step is None:
+            self.first_step, self.untimed_tokens = state.global_step, state.num_input_tokens_seen
         if self._started is None:  # a run of steps starts: after warm-up, evaluation, saving or logging
             synchronize()
             self._started = time.perf_counter()
@@ -98,7 +101,7 @@ class Throughput(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         # Synchronising only where a run of steps ends lets the GPU queue work ahead in between.
         interrupted = control.should_evaluate or control.should_save or control.should_log or control.should_training_stop
-        if state.global_step <= self.skip_steps:
+        if state.global_step <= self.first_step + self.skip_steps:
             synchronize()
             self.untimed_tokens = state.num_input_tokens_seen
             self._started = None
@@ -110,7 +113,7 @@ class Throughput(TrainerCallback):
     def summary(self, trainer: Trainer) -> dict[str, float | str]:
         args, state, model = trainer.args, trainer.state, trainer.model
         tokens = state.num_input_tokens_seen - self.untimed_tokens
-        steps = state.global_step - self.skip_steps
+        steps = state.global_step - (self.first_step or 0) - self.skip_steps
         sequences = steps * args.train_batch_size * args.gradient_accumulation_steps * args.world_size
         tokens_per_second = tokens / self.seconds if self.seconds else 0.0
         flops_per_token = training_flops_per_token(model, round(tokens / max(sequences, 1)))

@@ -24,9 +24,9 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess
 
 @pytest.fixture(scope="session")
 def verdict_texts() -> list[str]:
-    from llmpipe.documents import split_documents
+    from llmpipe.documents import read_documents
 
-    return split_documents(VERDICT.read_text(encoding="utf-8"), "paragraphs")
+    return list(read_documents(VERDICT, "paragraphs"))
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,37 @@
-from llmpipe import bench
+import json
+
+from llmpipe import bench, bench_data
 from tests.conftest import REPO
 
 
 def test_bench_times_both_loops_on_the_same_work_and_reports_their_ratio():
-    result = bench.measure(REPO / "recipes" / "test", steps=2, warmup=1, repeats=1, compile=False)
+    result = bench.training(REPO / "recipes" / "test", steps=2, warmup=1, repeats=1, compile=False)
     (run,) = result["runs"]
     assert run["plain_tokens_per_second"] > 0 and run["trainer_tokens_per_second"] > 0
     assert result["trainer_vs_plain"] == round(run["trainer_tokens_per_second"] / run["plain_tokens_per_second"], 3)
     assert result["context"] == 32 and result["batch"] == 8
     assert result["flops_per_token"] > 6 * result["parameters"]  # plus attention
     assert 0 < result["trainer_mfu"] and result["peak_memory_gb"] > 0
+    for name, variant in result["variants"].items():  # each fast default, switched off
+        assert variant["vs_default"] == round(variant["trainer_tokens_per_second"] / result["trainer_tokens_per_second"], 3), name
+
+
+def test_generated_text_has_the_size_asked_for_and_distinct_documents(tmp_path):
+    text = bench_data.generate_text(tmp_path / "text.txt", 0.5)
+    assert 0.5 * 2**20 <= text.stat().st_size < 0.5 * 2**20 + 4096
+    paragraphs = text.read_text().split("\n\n")
+    assert len(set(paragraphs)) > 0.95 * len(paragraphs)
+
+
+def test_data_bench_trains_both_tokenizers_and_runs_the_real_corpus_stage(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = {"context_length": 64, "stride": 64, "num_proc": 1, "batch_size": 100, "shard_size": "100KB"}
+    result = bench_data.measure(0.3, 300, [0.5], repeats=1, corpus_repeats=1, recipe=recipe)
+    tokenizers = result["tokenizer_training"]
+    assert tokenizers["tokenizers_mb_per_second"] > 0 and tokenizers["sentencepiece_mb_per_second"] > 0
+    assert tokenizers["tokenizers_peak_memory_gb"] > 0.05  # a process's own resident memory, measured
+    (corpus,) = result["corpus_stage"]
+    assert corpus["tokens"] > 0.5 * 2**20 / 8 and corpus["tokens_per_second"] > 0
+    assert corpus["output_shards"] > 1  # saved in shards of at most shard_size
+    json.dumps(result)
+    assert list(tmp_path.iterdir()) == []  # generated text and outputs are cleaned up

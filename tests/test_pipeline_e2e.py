@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,70 @@ def test_exp_run_with_a_recipe_value_reruns_pretrain_and_shows_in_dvc(repo):
     exp_runs = [r for r in runs if r.data.tags.get("dvc.exp_name")]
     rerun = sorted(r.data.tags.get("llmpipe.stage") for r in exp_runs if "mlflow.parentRunId" in r.data.tags)
     assert rerun == sorted(["pretrain", "classify", "sft", "lora", "evaluate"])  # pretrain and what depends on it
+
+
+def kill_when_saved(repo: Path, stage: str, step: int) -> None:
+    """`dvc repro -s STAGE`, SIGKILLed (dvc, accelerate and the trainer alike) once checkpoint-STEP is complete."""
+    state = repo / "checkpoints" / stage / f"checkpoint-{step}" / "trainer_state.json"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen(["dvc", "repro", "-s", stage], cwd=repo, env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not state.is_file():
+            assert run.poll() is None, f"{stage} ended before checkpoint-{step} was saved"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert run.poll() is None, f"{stage} finished before it could be killed"
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+
+
+def lengthen(repo: Path, stage: str, **training) -> None:
+    """Make the test recipe's stage long enough to be killed part-way (a new recipe: nothing in DVC's run cache)."""
+    path = repo / "recipes" / "test" / f"{stage}.yaml"
+    recipe = yaml.safe_load(path.read_text())
+    recipe["training"] |= training
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+
+
+def resume_then_rerun(repo: Path, stage: str, step: int) -> tuple[dict, dict]:
+    """After a kill: `dvc repro` resumes; then a forced uninterrupted run of the same recipe. Both metrics."""
+    assert not (repo / "metrics" / f"{stage}.json").exists()  # DVC removed the old outputs; nothing new was written
+    resumed = sh(repo, "dvc", "repro", "-s", stage)
+    assert f"resuming from checkpoints/{stage}/checkpoint-{step}" in resumed.stdout
+    after_resume = json.loads((repo / "metrics" / f"{stage}.json").read_text())
+    fresh = sh(repo, "dvc", "repro", "-f", "-s", stage)  # -f: run it, not DVC's cached result
+    assert "resuming" not in fresh.stdout  # the resumed run finished: its checkpoints are not resumed again
+    return after_resume, json.loads((repo / "metrics" / f"{stage}.json").read_text())
+
+
+# A resumed run restores weights, optimizer, scheduler, RNG states and the data position: on a CPU its
+# losses match an uninterrupted run's to float rounding.
+RESUME_TOLERANCE = 1e-3
+
+
+def test_killed_pretrain_resumes_under_dvc_repro_and_ends_like_an_uninterrupted_run(repo):
+    lengthen(repo, "pretrain", max_steps=400, save_steps=25, eval_steps=100)
+    kill_when_saved(repo, "pretrain", 25)
+    refused = run_cli("pretrain", "--set", "model.n_embd=64", cwd=repo)  # another shape may not continue it
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "checkpoints/pretrain: holds checkpoints of an unfinished run" in refused.stderr
+    assert "recipe.model.n_embd: 32 there, 64 now" in refused.stderr
+    assert (repo / "checkpoints/pretrain/checkpoint-25/trainer_state.json").is_file()
+
+    after_resume, uninterrupted = resume_then_rerun(repo, "pretrain", 25)
+    assert after_resume["steps"] == uninterrupted["steps"] == 400
+    assert after_resume["train_tokens"] == uninterrupted["train_tokens"]
+    for key in ("initial_val_loss", "train_loss", "val_loss"):
+        assert after_resume[key] == pytest.approx(uninterrupted[key], abs=RESUME_TOLERANCE), key
+
+
+def test_killed_lora_resumes_under_dvc_repro_and_ends_like_an_uninterrupted_run(repo):
+    lengthen(repo, "lora", max_steps=60, save_steps=10)
+    kill_when_saved(repo, "lora", 10)
+    after_resume, uninterrupted = resume_then_rerun(repo, "lora", 10)
+    assert after_resume["trainable_parameters"] == uninterrupted["trainable_parameters"]
+    for key in ("initial_val_loss", "train_loss", "val_loss"):
+        assert after_resume[key] == pytest.approx(uninterrupted[key], abs=RESUME_TOLERANCE), key

@@ -24,7 +24,7 @@ def test_end_of_text_is_one_special_token_and_the_pad(tokenizer):
 
 def test_vocabulary_size_comes_from_the_recipe_and_merges_compress(tokenizer, verdict_texts):
     assert len(tokenizer) == 400
-    assert bytes_per_token(tokenizer, verdict_texts) > 1.5  # bytes alone would give 1.0
+    assert bytes_per_token(tokenizer, [verdict_texts]) > 1.5  # bytes alone would give 1.0
 
 
 def test_saved_tokenizer_loads_with_stock_autotokenizer(tokenizer, tmp_path):
@@ -56,7 +56,7 @@ def test_stage_trains_on_train_documents_only(tmp_path):
     from llmpipe.documents import load
     from llmpipe.params import DataParams
 
-    splits = load(DataParams(files=[str(tmp_path / "corpus.txt")], validation_fraction=0.2)).splits
+    splits = load(DataParams(files=[str(tmp_path / "corpus.txt")], validation_fraction=0.2), tmp_path / "work").splits
     vocab = AutoTokenizer.from_pretrained(tmp_path / "tok").get_vocab()
     word_token = lambda doc: "Ġ" + doc.split()[0]  # the word as a non-initial, space-prefixed token
     assert all(word_token(doc) in vocab for doc in splits["train"]["text"])

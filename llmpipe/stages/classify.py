@@ -19,7 +19,7 @@ from transformers import (
     set_seed,
 )
 
-from llmpipe import adapters, artifacts, atomic, baseline, spam, stage, throughput
+from llmpipe import adapters, artifacts, checkpoints, baseline, spam, stage, throughput
 from llmpipe.config import library_section
 from llmpipe.errors import UserError
 from llmpipe.scores import classification_scores
@@ -96,17 +96,17 @@ def main(args: argparse.Namespace) -> None:
             compute_metrics=compute_scores,
             callbacks=[timer := throughput.Throughput()],
         )
-        trainer.train()
+        stage.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.classify_data]))
         final = trainer.evaluate(eval_dataset=dict(encoded))
-        if not trainer.is_world_process_zero():
-            return
-
-        with atomic.directory(args.output) as staging:
+        with stage.output_folder(args.output, trainer) as staging:
             if recipe.trainable == "lora":
                 adapters.save_adapter_and_merged(model, tokenizer, staging / "adapter", staging)
             else:
-                model.save_pretrained(staging)
+                trainer.save_model(str(staging))
                 tokenizer.save_pretrained(staging)
+        if not trainer.is_world_process_zero():
+            return
+
         job.tracker.log_model_folder(args.output)
 
         metrics = counts | timer.summary(trainer)
@@ -120,3 +120,4 @@ def main(args: argparse.Namespace) -> None:
             f"{counts['total_parameters']:,} parameters trained) -> {Path(args.output)}: test accuracy "
             f"{metrics['test_accuracy']:.2%}, TF-IDF baseline {metrics['baseline_test_accuracy']:.2%}",
         )
+        checkpoints.mark_finished(args.checkpoints)

@@ -1,9 +1,11 @@
 """Stage `corpus` (book ch2): documents -> token ids (`datasets.map`, batched, multi-process), an EOS
-after each document, then blocks of `context_length` every `stride` tokens, saved with `save_to_disk`."""
+after each document, then blocks of `context_length` every `stride` tokens, saved with `save_to_disk`
+in shards. Every step streams through Arrow files on disk, so a corpus larger than memory works:
+memory holds a tokenisation batch (`batch_size` documents), not the corpus."""
 
 import argparse
 import os
-import tempfile
+import time
 from dataclasses import dataclass
 
 from datasets import Dataset, DatasetDict, Features, List, Value
@@ -20,6 +22,7 @@ class CorpusRecipe:
     stride: int | None = None  # tokens between block starts; default context_length (no overlap)
     num_proc: int = 1  # processes for tokenisation
     batch_size: int = 1000  # documents per tokenisation batch
+    shard_size: str = "500MB"  # largest Arrow file of the saved corpus
 
 
 def tokenize(splits: DatasetDict, tokenizer, recipe: CorpusRecipe) -> DatasetDict:
@@ -36,9 +39,13 @@ def tokenize(splits: DatasetDict, tokenizer, recipe: CorpusRecipe) -> DatasetDic
 
 
 def _blocks(token_docs: Dataset, context_length: int, stride: int):
-    ids = (row["input_ids"] for row in token_docs)
+    ids = (doc for batch in token_docs.select_columns(["input_ids"]).iter(batch_size=1000) for doc in batch["input_ids"])
     for block in packing.sliding_blocks(ids, context_length, stride):
         yield {"input_ids": block}
+
+
+def count_tokens(token_docs: Dataset) -> int:
+    return sum(sum(batch["n_tokens"]) for batch in token_docs.select_columns(["n_tokens"]).iter(batch_size=10_000))
 
 
 def pack(tokenized: DatasetDict, context_length: int, stride: int, cache_dir: str) -> DatasetDict:
@@ -69,25 +76,28 @@ def main(args: argparse.Namespace) -> None:
     if tokenizer.eos_token_id is None:
         raise UserError(f"{args.tokenizer}: the tokenizer has no EOS token to put between documents")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the processes of `map` parallelise instead
-    docs = documents.load(job.params.data)
-    with job.tracker:
-        job.log_config()
-        tokenized = tokenize(docs.splits, tokenizer, recipe)
-        metrics = {"documents": sum(docs.splits.num_rows.values()), "duplicates_removed": docs.duplicates_removed}
-        for split, docs_of_split in tokenized.items():
-            n_tokens = sum(docs_of_split["n_tokens"])
-            n_blocks = packing.count_blocks(n_tokens, recipe.context_length, stride)
-            if n_blocks == 0:
-                raise UserError(
-                    f"the {split} split has {n_tokens} tokens, fewer than one block of "
-                    f"{recipe.context_length}; add text or lower `context_length` in {job.recipe_path}"
-                )
-            metrics |= {f"{split}_documents": docs_of_split.num_rows, f"{split}_tokens": n_tokens, f"{split}_blocks": n_blocks}
-        with atomic.directory(args.output) as staging, tempfile.TemporaryDirectory() as cache:
-            pack(tokenized, recipe.context_length, stride, cache).save_to_disk(str(staging))
-        job.finish(
-            metrics,
-            f"{metrics['train_blocks']} train / {metrics['validation_blocks']} validation blocks of "
-            f"{recipe.context_length} tokens (stride {stride}) from "
-            f"{metrics['train_tokens'] + metrics['validation_tokens']} tokens -> {args.output}",
-        )
+    with atomic.scratch(args.output) as workdir:
+        docs = documents.load(job.params.data, workdir)
+        with job.tracker:
+            job.log_config()
+            tokenized = tokenize(docs.splits, tokenizer, recipe)
+            metrics = {"documents": sum(docs.splits.num_rows.values()), "duplicates_removed": docs.duplicates_removed}
+            for split, docs_of_split in tokenized.items():
+                n_tokens = count_tokens(docs_of_split)
+                n_blocks = packing.count_blocks(n_tokens, recipe.context_length, stride)
+                if n_blocks == 0:
+                    raise UserError(
+                        f"the {split} split has {n_tokens} tokens, fewer than one block of "
+                        f"{recipe.context_length}; add text or lower `context_length` in {job.recipe_path}"
+                    )
+                metrics |= {f"{split}_documents": docs_of_split.num_rows, f"{split}_tokens": n_tokens, f"{split}_blocks": n_blocks}
+            with atomic.directory(args.output) as staging:
+                pack(tokenized, recipe.context_length, stride, str(workdir)).save_to_disk(str(staging), max_shard_size=recipe.shard_size)
+            total_tokens = metrics["train_tokens"] + metrics["validation_tokens"]
+            metrics["tokens_per_second"] = round(total_tokens / (time.perf_counter() - job.started), 1)  # reading included
+            job.finish(
+                metrics,
+                f"{metrics['train_blocks']} train / {metrics['validation_blocks']} validation blocks of "
+                f"{recipe.context_length} tokens (stride {stride}) from {total_tokens} tokens -> {args.output} "
+                f"({metrics['tokens_per_second']:,.0f} tokens/s)",
+            )

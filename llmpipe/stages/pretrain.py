@@ -12,7 +12,7 @@ from pathlib import Path
 from datasets import DatasetDict, load_from_disk
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
-from llmpipe import artifacts, atomic, generate, packing, stage, throughput
+from llmpipe import artifacts, atomic, checkpoints, generate, packing, stage, throughput
 from llmpipe.config import library_section
 from llmpipe.errors import UserError
 
@@ -100,7 +100,7 @@ def main(args: argparse.Namespace) -> None:
     with job.tracker:
         job.log_config()
         training = stage.training_arguments(  # blocks are full: every token counts
-            TrainingArguments, recipe.training, args.checkpoints, job, include_num_input_tokens_seen="all"
+            TrainingArguments, recipe.training, args.checkpoints, job, include_num_input_tokens_seen="all", eval_on_start=True
         )
         set_seed(training.seed)
         model = build_model(recipe, tokenizer, context_length, job.recipe_path)
@@ -113,15 +113,15 @@ def main(args: argparse.Namespace) -> None:
             data_collator=packing.causal_lm_batch,
             callbacks=[timer := throughput.Throughput()],
         )
-        initial = trainer.evaluate()
-        trainer.train()
+        stage.train(trainer, args, checkpoints.run_identity(recipe, model, [f["filename"] for f in corpus["train"].cache_files]))
         final = trainer.evaluate()
+        with stage.output_folder(args.output, trainer) as staging:
+            trainer.save_model(str(staging))
+            tokenizer.save_pretrained(str(staging))
         if not trainer.is_world_process_zero():
             return
 
-        with atomic.directory(args.output) as staging:
-            trainer.save_model(str(staging))
-            tokenizer.save_pretrained(str(staging))
+        initial = stage.initial_losses(trainer.state.log_history)
         tokens_per_step = training.train_batch_size * training.gradient_accumulation_steps * training.world_size * context_length
         atomic.write_text(args.plots, loss_curve(initial, trainer.state.log_history, tokens_per_step))
         model.eval()
@@ -148,3 +148,4 @@ def main(args: argparse.Namespace) -> None:
             f"{metrics['initial_val_loss']:.3f} -> {val_loss:.3f} (perplexity {metrics['val_perplexity']:.1f}), "
             f"{metrics['tokens_per_second']:.0f} tokens/s{throughput.mfu_text(metrics)}; sample: {sample.strip()[:60]!r}",
         )
+        checkpoints.mark_finished(args.checkpoints)

@@ -11,7 +11,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from llmpipe import artifacts, atomic, generate, instructions, responses, stage, throughput
+from llmpipe import artifacts, checkpoints, generate, instructions, responses, stage, throughput
 from llmpipe.config import library_section
 
 
@@ -36,10 +36,10 @@ def prompt_completion_splits(entries: dict[str, list[dict]], prompt_format: str)
     }
 
 
-def sft_config(recipe: SftRecipe, checkpoints: str, job: stage.Stage, context: int) -> SFTConfig:
+def sft_config(recipe: SftRecipe, checkpoint_folder: str, job: stage.Stage, context: int) -> SFTConfig:
     """The recipe's SFTConfig; by default the loss is on the completion only and sequences fill the context."""
     return stage.training_arguments(
-        SFTConfig, recipe.training, checkpoints, job, max_length=context, completion_only_loss=True
+        SFTConfig, recipe.training, checkpoint_folder, job, max_length=context, completion_only_loss=True, eval_on_start=True
     )
 
 
@@ -79,17 +79,18 @@ def run(
             peft_config=peft_config(recipe) if peft_config else None,
             callbacks=[timer := throughput.Throughput()],
         )
-        initial = trainer.evaluate()
-        trainer.train()
+        stage.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.instruction_data]))
         final = trainer.evaluate()
+        counts = artifacts.parameter_counts(trainer.model)
+        if trainer.is_world_process_zero():  # before a LoRA save merges the adapter into the weights
+            samples = validation_responses(trainer.model, tokenizer, entries["validation"][: recipe.sample_responses], recipe)
+        with stage.output_folder(args.output, trainer) as staging:
+            (save or save_model)(trainer, tokenizer, staging)
         if not trainer.is_world_process_zero():
             return
 
-        samples = validation_responses(trainer.model, tokenizer, entries["validation"][: recipe.sample_responses], recipe)
+        initial = stage.initial_losses(trainer.state.log_history)
         job.tracker.log_table(samples, "validation_responses.json")
-        counts = artifacts.parameter_counts(trainer.model)
-        with atomic.directory(args.output) as staging:
-            (save or save_model)(trainer, tokenizer, staging)
         job.tracker.log_model_folder(args.output)
 
         metrics = {
@@ -104,6 +105,7 @@ def run(
             f"parameters trained) -> {Path(args.output)}: "
             f"val loss {metrics['initial_val_loss']:.3f} -> {metrics['val_loss']:.3f}",
         )
+        checkpoints.mark_finished(args.checkpoints)
 
 
 def save_model(trainer: SFTTrainer, tokenizer, folder: Path) -> None:

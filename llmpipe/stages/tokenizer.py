@@ -4,6 +4,7 @@ saved as a `PreTrainedTokenizerFast`; or, with `init_from`, an existing model's 
 import argparse
 import time
 from dataclasses import dataclass
+from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
@@ -22,8 +23,11 @@ class TokenizerRecipe:
     trainer: dict = library_section(BpeTrainer)
 
 
-def train_bpe(texts: list[str], recipe: TokenizerRecipe, source: str = "recipe") -> PreTrainedTokenizerFast:
-    """GPT-2's scheme: bytes as the base alphabet (any UTF-8 text round-trips), no prefix space."""
+def train_bpe(
+    texts: Iterable[str] | Iterable[list[str]], recipe: TokenizerRecipe, source: str = "recipe", length: int | None = None
+) -> PreTrainedTokenizerFast:
+    """GPT-2's scheme: bytes as the base alphabet (any UTF-8 text round-trips), no prefix space. `texts`
+    may be an iterator (of texts or batches of texts): the trainer streams it; `length` is for its progress bar."""
     specials = list(dict.fromkeys([recipe.eos_token, recipe.pad_token or recipe.eos_token, *recipe.trainer.get("special_tokens", [])]))
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     smallest = len(alphabet) + len(specials)
@@ -34,7 +38,7 @@ def train_bpe(texts: list[str], recipe: TokenizerRecipe, source: str = "recipe")
     bpe.decoder = decoders.ByteLevel()
     bpe.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = BpeTrainer(**{**recipe.trainer, "special_tokens": specials, "initial_alphabet": alphabet})
-    bpe.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    bpe.train_from_iterator(texts, trainer=trainer, length=len(texts) if length is None and isinstance(texts, list) else length)
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token=recipe.eos_token,
@@ -44,9 +48,12 @@ def train_bpe(texts: list[str], recipe: TokenizerRecipe, source: str = "recipe")
     )
 
 
-def bytes_per_token(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> float:
-    n_tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
-    return sum(len(text.encode("utf-8")) for text in texts) / max(n_tokens, 1)
+def bytes_per_token(tokenizer: PreTrainedTokenizerBase, batches: Iterable[list[str]]) -> float:
+    n_bytes = n_tokens = 0
+    for texts in batches:
+        n_tokens += sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+        n_bytes += sum(len(text.encode("utf-8")) for text in texts)
+    return n_bytes / max(n_tokens, 1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,24 +64,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     job = stage.begin(args, "tokenizer", TokenizerRecipe)
     recipe = job.recipe
-    docs = documents.load(job.params.data)
-    with job.tracker:
-        job.log_config()
-        started = time.perf_counter()
-        if recipe.init_from:
-            tokenizer = artifacts.load_tokenizer(recipe.init_from)
-        else:
-            tokenizer = train_bpe(list(docs.splits["train"]["text"]), recipe, str(job.recipe_path))
-        train_seconds = time.perf_counter() - started
-        with atomic.directory(args.output) as staging:
-            tokenizer.save_pretrained(staging)
-        efficiency = bytes_per_token(tokenizer, list(docs.splits["validation"]["text"]))
-        job.tracker.log_model_folder(args.output)
-        job.finish(
-            {
-                "vocab_size": len(tokenizer),
-                "validation_bytes_per_token": round(efficiency, 4),
-                "train_seconds": round(train_seconds, 2),
-            },
-            f"{len(tokenizer)}-token vocabulary -> {args.output} ({efficiency:.2f} bytes/token on validation)",
-        )
+    with atomic.scratch(args.output) as workdir:
+        docs = documents.load(job.params.data, workdir)
+        with job.tracker:
+            job.log_config()
+            started = time.perf_counter()
+            if recipe.init_from:
+                tokenizer = artifacts.load_tokenizer(recipe.init_from)
+            else:
+                train = docs.splits["train"]
+                tokenizer = train_bpe(documents.text_batches(train), recipe, str(job.recipe_path), length=len(train))
+            train_seconds = time.perf_counter() - started
+            with atomic.directory(args.output) as staging:
+                tokenizer.save_pretrained(staging)
+            efficiency = bytes_per_token(tokenizer, documents.text_batches(docs.splits["validation"]))
+            job.tracker.log_model_folder(args.output)
+            job.finish(
+                {
+                    "vocab_size": len(tokenizer),
+                    "validation_bytes_per_token": round(efficiency, 4),
+                    "train_seconds": round(train_seconds, 2),
+                },
+                f"{len(tokenizer)}-token vocabulary -> {args.output} ({efficiency:.2f} bytes/token on validation)",
+            )
