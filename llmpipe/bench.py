@@ -28,7 +28,7 @@ def recipe_shape(recipe: Path) -> dict:
     vocab = GPT2_VOCAB if tokenizer.get("init_from") == "gpt2" else tokenizer["trainer"]["vocab_size"]
     training = pretrain.get("training", {})
     return {
-        "config": GPT2Config(vocab_size=vocab, **pretrain.get("model", {})),
+        "config": GPT2Config(vocab_size=vocab, bos_token_id=vocab - 1, eos_token_id=vocab - 1, **pretrain.get("model", {})),
         "context": corpus["context_length"],
         "batch": training.get("per_device_train_batch_size", 8),
         "learning_rate": float(training.get("learning_rate", 1e-3)),
@@ -154,12 +154,13 @@ def print_tables(results: dict) -> None:
         print(f"{'sentencepiece':<24}{tok['sentencepiece_mb_per_second']:>12.2f}{1.0:>8.2f}{tok['sentencepiece_peak_memory_gb']:>7.2f}G")
         print(f"{'tokenizers (stage)':<24}{tok['tokenizers_mb_per_second']:>12.2f}{tok['tokenizers_vs_sentencepiece']:>8.2f}{tok['tokenizers_peak_memory_gb']:>7.2f}G")
     for corpus in results.get("corpus_stage", []):
-        print(f"corpus stage, {corpus['text_mb']:>7.0f} MB text: {corpus['tokens_per_second']:>10,.0f} tokens/s, peak memory {corpus['peak_memory_gb']:.2f} GB")
+        print(f"corpus stage, {corpus['text_mb']:>6.0f} MB text: {corpus['tokens_per_second']:>9,.0f} tokens/s, peak memory "
+              f"{corpus['peak_anonymous_memory_gb']:.2f} GB anonymous, {corpus['peak_memory_gb']:.2f} GB resident with mapped Arrow files")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m llmpipe.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="training,tokenizer,corpus", help="what to measure, comma-separated (default: %(default)s)")
+    parser.add_argument("--parts", default="training,tokenizer,corpus", help="what to measure, comma-separated; the others keep their figures in --output (default: %(default)s)")
     parser.add_argument("--recipe", type=Path, default=Path("recipes/tiny"), help="recipe folder whose pretrain model and corpus settings are measured (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
@@ -171,7 +172,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("bench/results.json"), help="JSON to write (default: %(default)s)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    results = {}
+    results = json.loads(args.output.read_text()) if args.output.is_file() else {}  # parts not measured keep their figures
     if "training" in parts:
         results["training"] = training(args.recipe, args.steps, args.warmup, args.repeats, args.compile)
     if parts & {"tokenizer", "corpus"}:

@@ -33,5 +33,6 @@ def test_data_bench_trains_both_tokenizers_and_runs_the_real_corpus_stage(tmp_pa
     (corpus,) = result["corpus_stage"]
     assert corpus["tokens"] > 0.5 * 2**20 / 8 and corpus["tokens_per_second"] > 0
     assert corpus["output_shards"] > 1  # saved in shards of at most shard_size
+    assert 0 < corpus["peak_anonymous_memory_gb"] < corpus["peak_memory_gb"]
     json.dumps(result)
     assert list(tmp_path.iterdir()) == []  # generated text and outputs are cleaned up
