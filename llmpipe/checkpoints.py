@@ -31,15 +31,13 @@ def run_identity(recipe: Any, model: PreTrainedModel, data_files: list[str | Pat
     return json.loads(json.dumps(identity, default=str))  # as it reads back from the run file
 
 
-def digest(paths: list[str | Path]) -> str:
-    """sha256 over the files' bytes, in order (folders: every file in them, sorted)."""
+def digest(files: list[str | Path]) -> str:
+    """sha256 over the files' bytes, in order."""
     sha = hashlib.sha256()
-    for path in paths:
-        path = Path(path)
-        for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
-            with open(file, "rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    sha.update(chunk)
+    for file in files:
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                sha.update(chunk)
     return sha.hexdigest()
 
 
