@@ -3,8 +3,15 @@
 from pathlib import Path
 from typing import Callable
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
+from llmpipe.checkpoints import digest
 from llmpipe.errors import UserError
 
 
@@ -36,6 +43,24 @@ def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
 def load_causal_lm(source: str | Path) -> PreTrainedModel:
     """Weights load from safetensors only."""
     return load_pretrained(AutoModelForCausalLM.from_pretrained, source, "causal language model", use_safetensors=True)
+
+
+def load_for_task(source: str | Path, task: str, adapter_base: str | None = None):
+    """The model a `pipeline(task)` runs: a causal LM or a sequence classifier; with `adapter_base`, the
+    PEFT adapter in `source` on that base."""
+    if adapter_base is not None:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(load_causal_lm(adapter_base), str(source))
+    if task == "text-classification":
+        return load_pretrained(AutoModelForSequenceClassification.from_pretrained, source, "classifier", use_safetensors=True)
+    return load_causal_lm(source)
+
+
+def weights_digest(source: str | Path) -> str | None:
+    """sha256 of a model folder's safetensors files (None for a Hub id): which exact weights a score belongs to."""
+    files = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
+    return digest(files) if files else None
 
 
 def context_length(model: PreTrainedModel) -> int:

@@ -37,6 +37,20 @@ class MlflowParams:
 
 
 @dataclass
+class HubParams:
+    push: bool = False  # true: `dvc repro` pushes the trained models after evaluate (needs namespace and a token)
+    namespace: str = ""  # your Hub user or organisation
+    name_prefix: str = "llmpipe"  # repositories are <namespace>/<name_prefix>-<stage>
+    stages: list[str] = field(default_factory=lambda: ["tokenizer", "pretrain", "classify", "sft", "lora", "lora-merged"])
+    private: bool = True
+    license: str = "apache-2.0"  # of the models' cards; the data's licenses are listed in each card
+    language: str = "en"
+
+    def repo_id(self, stage: str) -> str:
+        return f"{self.namespace}/{self.name_prefix}-{stage}"
+
+
+@dataclass
 class Params:
     recipe: str
     accelerate_config: str
@@ -44,6 +58,7 @@ class Params:
     classify_data: str = "data/sms_spam/SMSSpamCollection"  # `ham|spam<TAB>text` lines
     instruction_data: str = "data/instruction-data.json"  # JSON or JSONL: instruction/input/output, or messages
     mlflow: MlflowParams = field(default_factory=MlflowParams)
+    hub: HubParams = field(default_factory=HubParams)
 
     def recipe_file(self, stage: str) -> Path:
         return Path("recipes") / self.recipe / f"{stage}.yaml"

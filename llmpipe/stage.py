@@ -12,8 +12,9 @@ from typing import Any, Iterator
 import torch
 from datasets import Dataset
 from transformers import Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
 
-from llmpipe import atomic, checkpoints, config, params as pipeline_params
+from llmpipe import atomic, cards, checkpoints, config, params as pipeline_params
 from llmpipe.errors import UserError
 from llmpipe.tracking import StageRun
 
@@ -101,6 +102,11 @@ class Stage:
     def log_config(self) -> None:
         self.tracker.log_config(config.flatten(self.recipe) | config.flatten(self.params.data, "data."))
 
+    def card(self, artifact: str, metrics: dict[str, Any], folder: str | Path, base_model: str | None = None):
+        """The model card of what this stage saves into `folder` (a `cards.KINDS` artifact)."""
+        facts = cards.facts(self, artifact, metrics, base_model)
+        return cards.model_card(facts, str(folder), self.params.hub.license, self.params.hub.language)
+
     def finish(self, metrics: dict[str, Any], summary: str) -> None:
         """Write the metrics JSON, log it, and print the stage's one-line summary (rank 0 only calls it)."""
         metrics = {**metrics, "seconds": round(time.perf_counter() - self.started, 2)}
@@ -147,10 +153,12 @@ def train(trainer: Trainer, args: argparse.Namespace, identity: dict) -> None:
 @contextlib.contextmanager
 def output_folder(target: str | Path, trainer: Trainer) -> Iterator[Path]:
     """Every rank saves (FSDP and DeepSpeed gather the weights across ranks inside `save_model`), but only
-    rank 0 writes into `target`, atomically; the others get a scratch folder outside the repository."""
+    rank 0 writes into `target`, atomically; the others get a scratch folder outside the repository.
+    Trainer's pickled `training_args.bin` is left out: the card and MLflow hold the settings."""
     if trainer.is_world_process_zero():
         with atomic.directory(target) as staging:
             yield staging
+            (staging / TRAINING_ARGS_NAME).unlink(missing_ok=True)
     else:
         with tempfile.TemporaryDirectory() as scratch:
             yield Path(scratch)

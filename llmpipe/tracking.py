@@ -66,6 +66,13 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def _requirements(peft: bool) -> list[str]:
+    from importlib.metadata import version
+
+    packages = ["torch", "transformers", "tokenizers", "safetensors", "accelerate", *(["peft"] if peft else [])]
+    return [f"{name}=={version(name).split('+')[0]}" for name in packages]
+
+
 class StageRun:
     """The MLflow run of one stage; every method is a no-op when tracking is off or on ranks > 0."""
 
@@ -73,6 +80,7 @@ class StageRun:
         self.stage, self.recipe, self.settings = stage, recipe, settings
         self.enabled = settings.enabled and is_main_process()
         self._mlflow = None  # the module, imported only when tracking (it takes seconds)
+        self.model_id = None  # the logged model the run's metrics attach to (MLflow 3 LoggedModel)
 
     @property
     def report_to(self) -> list[str]:
@@ -124,15 +132,39 @@ class StageRun:
         if self._mlflow:
             flat = flatten(metrics)  # nested sections become dotted names, e.g. sft.judge_mean
             numbers = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float))}
-            self._mlflow.log_metrics(numbers)
+            self._mlflow.log_metrics(numbers, model_id=self.model_id)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self._mlflow:
             self._mlflow.log_artifact(str(path), artifact_path)
 
     def log_model_folder(self, folder: str | Path) -> None:
+        """A folder that is not a model (the tokenizer), as plain artifacts."""
         if self._mlflow and self.settings.log_models:
             self._mlflow.log_artifacts(str(folder), artifact_path=Path(folder).name)
+
+    def register_model(self, folder: str | Path, task: str, card, adapter_base: str | None = None) -> None:
+        """The saved model, logged with the `mlflow.transformers` flavor and registered as
+        `<experiment>-<stage>`; the stage's metrics then attach to it. A PEFT adapter (`adapter_base`: the
+        base model's folder or Hub id) is logged as an adapter that references its base."""
+        if not (self._mlflow and self.settings.log_models):
+            return
+        import mlflow.transformers
+
+        from llmpipe import artifacts
+
+        model = artifacts.load_for_task(folder, task, adapter_base)
+        by_reference = {"base_model_path": str(Path(adapter_base).resolve())} if adapter_base and Path(adapter_base).is_dir() else {}
+        info = mlflow.transformers.log_model(
+            {"model": model, "tokenizer": artifacts.load_tokenizer(folder)},
+            name="model",
+            task=task,
+            registered_model_name=f"{self.settings.experiment_name}-{self.stage}",
+            model_card=card,  # ours: without one MLflow fetches a card from the Hub
+            pip_requirements=_requirements(peft=adapter_base is not None),  # inferring them imports torchvision for PEFT
+            **by_reference,
+        )
+        self.model_id = info.model_id
 
     def log_text(self, text: str, artifact_file: str) -> None:
         if self._mlflow:

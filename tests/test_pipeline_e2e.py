@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from datasets import load_from_disk
+from huggingface_hub import ModelCard
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
@@ -156,6 +157,65 @@ def test_mlflow_holds_one_parent_with_a_nested_run_per_stage(repo):
     assert "val_loss" in pretrain.data.metrics
     sft = next(r for r in children if r.data.tags["llmpipe.stage"] == "sft")
     assert "validation_responses.json" in [a.path for a in client.list_artifacts(sft.info.run_id)]
+
+
+CARDS = {  # artifact folder -> (its metrics, model-index metric type, metrics key)
+    "pretrain": ("pretrain", "loss", "val_loss"),
+    "classify": ("classify", "accuracy", "test_accuracy"),
+    "sft": ("sft", "loss", "val_loss"),
+    "lora/adapter": ("lora", "loss", "val_loss"),
+    "lora/merged": ("lora", "loss", "val_loss"),
+}
+
+
+def test_every_artifact_has_a_model_card_with_its_metrics(repo):
+    for folder, (stage, metric_type, key) in CARDS.items():
+        card = ModelCard.load(repo / "artifacts" / folder / "README.md")
+        scores = {result.metric_type: result.metric_value for result in card.data.eval_results}
+        assert scores[metric_type] == json.loads((repo / f"metrics/{stage}.json").read_text())[key], folder
+        assert card.data.license == "apache-2.0" and "llmpipe" in card.data.tags
+    adapter = ModelCard.load(repo / "artifacts/lora/adapter/README.md").data
+    assert adapter.library_name == "peft" and adapter.base_model == "artifacts/pretrain"  # PEFT's own card had ''
+    assert ModelCard.load(repo / "artifacts/tokenizer/README.md").data.llmpipe["metrics"]["vocab_size"] == 512
+    assert not list((repo / "artifacts").rglob("training_args.bin"))  # Trainer's pickle stays out
+
+
+def test_the_adapter_cards_usage_snippet_runs(repo):
+    text = (repo / "artifacts/lora/adapter/README.md").read_text()
+    snippet = text.split("```python\n")[1].split("```")[0]
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip()
+
+
+def test_models_are_registered_in_mlflow_and_load_back(repo):
+    import mlflow
+
+    client, runs = mlflow_runs(repo)
+    for stage in ("pretrain", "classify", "sft", "lora"):
+        (version,) = client.search_model_versions(f"name = 'llmpipe-{stage}'")
+        run = client.get_run(version.run_id)
+        assert run.data.tags["llmpipe.stage"] == stage
+        logged = client.get_logged_model(version.source.removeprefix("models:/"))
+        assert {m.key for m in logged.metrics} >= {"tokens_per_second"}  # the stage's metrics attach to the model
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    generator = mlflow.transformers.load_model("models:/llmpipe-sft/1")
+    out = generator("I had always", max_new_tokens=6, do_sample=False)[0]["generated_text"]
+    assert out.startswith("I had always") and len(out) > len("I had always")
+    adapter = mlflow.transformers.load_model("models:/llmpipe-lora/1", return_type="components")["model"]
+    assert isinstance(adapter, PeftModel)  # logged as an adapter on its base, not as a full copy
+
+
+def test_push_dry_run_lists_one_commit_with_the_judged_card(repo):
+    result = run_cli("push", "lora", "--repo-id", "someone/tiny-lora", "--base-model", "someone/tiny-pretrain", "--dry-run", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    files, card_text = result.stdout.split("--- someone/tiny-lora/README.md ---\n")
+    assert "add adapter_model.safetensors" in files and "add README.md" in files and ".bin" not in files
+    card = ModelCard(card_text)
+    judged = next(r for r in card.data.eval_results if r.metric_type == "judge_score")
+    evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert judged.metric_value == evaluation["lora"]["judge_mean"] and "hf:artifacts/sft" in judged.metric_config
+    assert card.data.base_model == "someone/tiny-pretrain" and "'someone/tiny-lora'" in card.text
 
 
 def test_second_repro_does_nothing(repo):

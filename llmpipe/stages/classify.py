@@ -19,7 +19,7 @@ from transformers import (
     set_seed,
 )
 
-from llmpipe import adapters, artifacts, checkpoints, baseline, spam, stage, throughput
+from llmpipe import adapters, artifacts, cards, checkpoints, baseline, spam, stage, throughput
 from llmpipe.config import library_section
 from llmpipe.errors import UserError
 from llmpipe.scores import classification_scores
@@ -98,22 +98,22 @@ def main(args: argparse.Namespace) -> None:
         )
         stage.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.classify_data]))
         final = trainer.evaluate(eval_dataset=dict(encoded))
+        metrics = counts | timer.summary(trainer)
+        for split in splits:
+            for key in ("accuracy", "precision", "recall", "f1"):
+                metrics[f"{split}_{key}"] = round(final[f"eval_{split}_{key}"], 4)
+        metrics |= baseline.tfidf_logreg(splits, training.seed)
         with stage.output_folder(args.output, trainer) as staging:
             if recipe.trainable == "lora":
                 adapters.save_adapter_and_merged(model, tokenizer, staging / "adapter", staging)
             else:
                 trainer.save_model(str(staging))
                 tokenizer.save_pretrained(staging)
+            cards.write(staging, card := job.card("classify", metrics, args.output, source))
         if not trainer.is_world_process_zero():
             return
 
-        job.tracker.log_model_folder(args.output)
-
-        metrics = counts | timer.summary(trainer)
-        for split in splits:
-            for key in ("accuracy", "precision", "recall", "f1"):
-                metrics[f"{split}_{key}"] = round(final[f"eval_{split}_{key}"], 4)
-        metrics |= baseline.tfidf_logreg(splits, training.seed)
+        job.tracker.register_model(args.output, "text-classification", card)
         job.finish(
             metrics,
             f"spam classifier ({recipe.trainable}: {counts['trainable_parameters']:,} of "

@@ -150,6 +150,7 @@ def main(args: argparse.Namespace) -> None:
                 (staging / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
                 job.tracker.log_table({key: [row[key] for row in rows] for key in rows[0]}, f"evaluate/{name}.json")
                 results[name] = summarize(rows, overlap["rougeL"], recipe.bootstrap)
+                results[name] |= {"model": source, "weights_sha256": artifacts.weights_digest(source)}  # for the cards
             identity = "self" if is_self else the_judge.identity
             charts.judge_scores(results, identity, recipe.bootstrap.confidence, staging / "scores.png")
         job.tracker.log_artifact(Path(args.output) / "scores.png", "evaluate")

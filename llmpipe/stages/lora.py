@@ -4,10 +4,11 @@ passed to `SFTTrainer`; saves the adapter and a merged model."""
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from peft import LoraConfig, TaskType
 
-from llmpipe import adapters
+from llmpipe import adapters, cards
 from llmpipe.config import library_section
 from llmpipe.stages import sft
 
@@ -21,8 +22,12 @@ def lora_config(recipe: LoraRecipe) -> LoraConfig:
     return adapters.lora_config(recipe.lora, TaskType.CAUSAL_LM)
 
 
-def save(trainer, tokenizer, folder: Path) -> None:
+def save(trainer, tokenizer, folder: Path, card_for: Callable) -> tuple[str, object, bool]:
+    """The adapter (registered in MLflow as an adapter) and the merged model, each with its card."""
     adapters.save_adapter_and_merged(trainer.model, tokenizer, folder / "adapter", folder / "merged")
+    cards.write(folder / "adapter", card := card_for("lora", "adapter"))
+    cards.write(folder / "merged", card_for("lora-merged", "merged"))
+    return "adapter", card, True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from datasets import DatasetDict, load_from_disk
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
-from llmpipe import artifacts, atomic, checkpoints, generate, packing, stage, throughput
+from llmpipe import artifacts, atomic, cards, checkpoints, generate, packing, stage, throughput
 from llmpipe.config import library_section
 from llmpipe.errors import UserError
 
@@ -115,13 +115,22 @@ def main(args: argparse.Namespace) -> None:
         )
         stage.train(trainer, args, checkpoints.run_identity(recipe, model, [f["filename"] for f in corpus["train"].cache_files]))
         final = trainer.evaluate()
+        initial = stage.initial_losses(trainer.state.log_history)
+        metrics = {
+            **stage.loss_metrics(initial, final),
+            "val_perplexity": round(math.exp(final["eval_validation_loss"]), 2),
+            "parameters": model.num_parameters(),
+            "steps": trainer.state.global_step,
+            "train_tokens": trainer.state.num_input_tokens_seen,
+            **timer.summary(trainer),
+        }
         with stage.output_folder(args.output, trainer) as staging:
             trainer.save_model(str(staging))
             tokenizer.save_pretrained(str(staging))
+            cards.write(staging, card := job.card("pretrain", metrics, args.output, recipe.init_from))
         if not trainer.is_world_process_zero():
             return
 
-        initial = stage.initial_losses(trainer.state.log_history)
         tokens_per_step = training.train_batch_size * training.gradient_accumulation_steps * training.world_size * context_length
         atomic.write_text(args.plots, loss_curve(initial, trainer.state.log_history, tokens_per_step))
         model.eval()
@@ -130,22 +139,11 @@ def main(args: argparse.Namespace) -> None:
         )
         job.tracker.log_text(f"{recipe.sample_prompt}{sample}\n", "sample.txt")
         job.tracker.log_artifact(args.plots, "plots")
-        job.tracker.log_model_folder(args.output)
-
-        val_loss = final["eval_validation_loss"]
-        tokens_seen = trainer.state.num_input_tokens_seen
-        metrics = {
-            **stage.loss_metrics(initial, final),
-            "val_perplexity": round(math.exp(val_loss), 2),
-            "parameters": model.num_parameters(),
-            "steps": trainer.state.global_step,
-            "train_tokens": tokens_seen,
-            **timer.summary(trainer),
-        }
+        job.tracker.register_model(args.output, "text-generation", card)
         job.finish(
             metrics,
             f"{metrics['parameters'] / 1e6:.2f}M-parameter GPT-2 -> {Path(args.output)}: val loss "
-            f"{metrics['initial_val_loss']:.3f} -> {val_loss:.3f} (perplexity {metrics['val_perplexity']:.1f}), "
+            f"{metrics['initial_val_loss']:.3f} -> {metrics['val_loss']:.3f} (perplexity {metrics['val_perplexity']:.1f}), "
             f"{metrics['tokens_per_second']:.0f} tokens/s{throughput.mfu_text(metrics)}; sample: {sample.strip()[:60]!r}",
         )
         checkpoints.mark_finished(args.checkpoints)

@@ -11,7 +11,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from llmpipe import artifacts, checkpoints, generate, instructions, responses, stage, throughput
+from llmpipe import artifacts, cards, checkpoints, generate, instructions, responses, stage, throughput
 from llmpipe.config import library_section
 
 
@@ -52,10 +52,11 @@ def run(
     name: str,
     schema: type,
     peft_config: Callable | None = None,
-    save: Callable[[SFTTrainer, object, Path], None] | None = None,
+    save: Callable[[SFTTrainer, object, Path, Callable], tuple[str, object, bool]] | None = None,
 ) -> None:
-    """The instruction-tuning flow; `peft_config(recipe)` adds an adapter, `save(trainer, tokenizer, folder)`
-    writes the result (default: the fine-tuned model)."""
+    """The instruction-tuning flow; `peft_config(recipe)` adds an adapter, `save(trainer, tokenizer, folder,
+    card_for)` writes the result with its cards (default: the fine-tuned model) and returns what MLflow
+    registers: (subfolder, its card, whether it is an adapter)."""
     job = stage.begin(args, name, schema)
     recipe = job.recipe
     entries = instructions.split(instructions.load(job.params.instruction_data), recipe.split)
@@ -81,36 +82,40 @@ def run(
         )
         stage.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.instruction_data]))
         final = trainer.evaluate()
-        counts = artifacts.parameter_counts(trainer.model)
+        metrics = {
+            **stage.loss_metrics(stage.initial_losses(trainer.state.log_history), final),
+            "train_examples": len(data["train"]),
+            **artifacts.parameter_counts(trainer.model),
+            **timer.summary(trainer),
+        }
         if trainer.is_world_process_zero():  # before a LoRA save merges the adapter into the weights
             samples = validation_responses(trainer.model, tokenizer, entries["validation"][: recipe.sample_responses], recipe)
+
+        def card_for(artifact: str, subfolder: str = ""):
+            return job.card(artifact, metrics, Path(args.output) / subfolder, source)
+
         with stage.output_folder(args.output, trainer) as staging:
-            (save or save_model)(trainer, tokenizer, staging)
+            registered = (save or save_model)(trainer, tokenizer, staging, card_for)
         if not trainer.is_world_process_zero():
             return
 
-        initial = stage.initial_losses(trainer.state.log_history)
         job.tracker.log_table(samples, "validation_responses.json")
-        job.tracker.log_model_folder(args.output)
-
-        metrics = {
-            **stage.loss_metrics(initial, final),
-            "train_examples": len(data["train"]),
-            **counts,
-            **timer.summary(trainer),
-        }
+        subfolder, card, is_adapter = registered
+        job.tracker.register_model(Path(args.output) / subfolder, "text-generation", card, source if is_adapter else None)
         job.finish(
             metrics,
-            f"instruction-tuned ({counts['trainable_parameters']:,} of {counts['total_parameters']:,} "
+            f"instruction-tuned ({metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} "
             f"parameters trained) -> {Path(args.output)}: "
             f"val loss {metrics['initial_val_loss']:.3f} -> {metrics['val_loss']:.3f}",
         )
         checkpoints.mark_finished(args.checkpoints)
 
 
-def save_model(trainer: SFTTrainer, tokenizer, folder: Path) -> None:
+def save_model(trainer: SFTTrainer, tokenizer, folder: Path, card_for: Callable) -> tuple[str, object, bool]:
     trainer.save_model(str(folder))
     tokenizer.save_pretrained(str(folder))
+    cards.write(folder, card := card_for("sft"))
+    return "", card, False
 
 
 def validation_responses(model: PreTrainedModel, tokenizer, entries: list[dict], recipe: SftRecipe) -> dict[str, list]:

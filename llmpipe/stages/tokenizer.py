@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from llmpipe import artifacts, atomic, documents, stage
+from llmpipe import artifacts, atomic, cards, documents, stage
 from llmpipe.config import library_section
 from llmpipe.errors import UserError
 
@@ -75,15 +75,17 @@ def main(args: argparse.Namespace) -> None:
                 train = docs.splits["train"]
                 tokenizer = train_bpe(documents.text_batches(train), recipe, str(job.recipe_path), length=len(train))
             train_seconds = time.perf_counter() - started
+            efficiency = bytes_per_token(tokenizer, documents.text_batches(docs.splits["validation"]))
+            metrics = {
+                "vocab_size": len(tokenizer),
+                "validation_bytes_per_token": round(efficiency, 4),
+                "train_seconds": round(train_seconds, 2),
+            }
             with atomic.directory(args.output) as staging:
                 tokenizer.save_pretrained(staging)
-            efficiency = bytes_per_token(tokenizer, documents.text_batches(docs.splits["validation"]))
+                cards.write(staging, job.card("tokenizer", metrics, args.output, recipe.init_from))
             job.tracker.log_model_folder(args.output)
             job.finish(
-                {
-                    "vocab_size": len(tokenizer),
-                    "validation_bytes_per_token": round(efficiency, 4),
-                    "train_seconds": round(train_seconds, 2),
-                },
+                metrics,
                 f"{len(tokenizer)}-token vocabulary -> {args.output} ({efficiency:.2f} bytes/token on validation)",
             )

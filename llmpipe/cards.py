@@ -1,0 +1,230 @@
+"""Model cards (`README.md` with YAML metadata) for what the stages save, made with huggingface_hub's
+`ModelCard`/`ModelCardData`: what the model is, how to load it, what it scored, what it was trained on
+and with which settings. The same card goes into the artifact folder and, refreshed, to the Hub."""
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from llmpipe.errors import UserError
+
+SOURCES_FILE = Path("data/SOURCES.md")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What an artifact is, for the Hub: its pipeline tag, library and what the book calls it."""
+
+    title: str
+    pipeline_tag: str | None
+    library_name: str
+    data: tuple[str, ...]  # which params data sets trained it (and the models it started from)
+
+
+KINDS = {
+    "tokenizer": Kind("byte-level BPE tokenizer (book ch2)", None, "transformers", ("text",)),
+    "pretrain": Kind("GPT-2 pretrained from scratch (book ch4-5)", "text-generation", "transformers", ("text",)),
+    "classify": Kind("GPT-2 spam classifier (book ch6)", "text-classification", "transformers", ("text", "spam")),
+    "sft": Kind("instruction-tuned GPT-2 (book ch7)", "text-generation", "transformers", ("text", "instructions")),
+    "lora": Kind("LoRA adapter for instruction following (book appendix E)", "text-generation", "peft", ("text", "instructions")),
+    "lora-merged": Kind("GPT-2 with its LoRA adapter merged in (book appendix E)", "text-generation", "transformers", ("text", "instructions")),
+}
+
+EXAMPLE_INSTRUCTION = {"instruction": "Give a synonym for 'happy'.", "input": ""}
+
+
+@dataclass(frozen=True)
+class DataSource:
+    path: str
+    origin: str
+    license: str
+
+
+@dataclass
+class CardFacts:
+    """What a card says about how an artifact was made; kept in the card's metadata (`llmpipe:`) so
+    `llmpipe push` re-renders the card for the Hub from the run that made the folder."""
+
+    artifact: str  # a key of KINDS
+    recipe: str
+    settings: dict[str, Any]  # the recipe, flattened
+    metrics: dict[str, Any]  # the stage's metrics JSON
+    data: list[str]  # local files that trained it (and the models it started from)
+    hub_data: list[str]  # Hub data set ids
+    base_model: str | None = None
+    prompt_format: str = "alpaca"
+
+
+def facts(job, artifact: str, metrics: dict[str, Any], base_model: str | None = None) -> CardFacts:
+    """The facts of `job` (a `stage.Stage`) about the artifact it saved."""
+    from llmpipe.config import flatten
+
+    params = job.params
+    files = {"text": params.data.files, "spam": [params.classify_data], "instructions": [params.instruction_data]}
+    return CardFacts(
+        artifact=artifact,
+        recipe=job.recipe_path.parent.name,
+        settings={key: value for key, value in flatten(job.recipe).items() if value is not None},
+        metrics={key: value for key, value in metrics.items() if isinstance(value, (int, float, str))},
+        data=[path for name in KINDS[artifact].data for path in files[name]],
+        hub_data=[dataset.path for dataset in params.data.hub],
+        base_model=base_model,
+        prompt_format=getattr(job.recipe, "prompt_format", "alpaca"),
+    )
+
+
+def data_sources(files: list[str], sources_file: Path = SOURCES_FILE) -> list[DataSource]:
+    """Each local data file with its origin and license from data/SOURCES.md."""
+    recorded = {}
+    if sources_file.is_file():
+        for line in sources_file.read_text(encoding="utf-8").splitlines():
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if len(cells) >= 3 and cells[0].startswith("`"):
+                recorded[cells[0].strip("`")] = (cells[1], cells[2])
+    found = []
+    for path in files:
+        origin, license_ = recorded.get(path.removeprefix(f"{sources_file.parent}/"), ("your data (not in data/SOURCES.md)", "unknown"))
+        found.append(DataSource(path, origin, license_))
+    return found
+
+
+def eval_results(facts: CardFacts, evaluation: dict[str, Any] | None) -> list[EvalResult]:
+    """The `model-index` entries: the stage's own held-out scores and, for instruction models, the judge's
+    (`evaluation`: this model's entry of the evaluate stage's metrics, with `judge` and `judge_model`)."""
+    metrics, artifact = facts.metrics, facts.artifact
+    task_data = Path(facts.data[-1]).name if facts.data else "data"  # what the stage itself trained on
+    if artifact == "pretrain":
+        task_data = ", ".join(Path(path).name for path in facts.data) or "text corpus"
+    results = []
+
+    def add(task: str, split: str, metric: str, label: str, key: str, scores: dict | None, config: str | None = None):
+        if scores and scores.get(key) is not None:
+            results.append(EvalResult(
+                task_type=task, dataset_type=re.sub(r"[^a-z0-9]+", "-", Path(task_data).stem.lower()), dataset_name=task_data,
+                dataset_split=split, metric_type=metric, metric_name=label, metric_value=scores[key], metric_config=config,
+            ))
+
+    if artifact == "pretrain":
+        add("text-generation", "validation", "loss", "Validation loss", "val_loss", metrics)
+        add("text-generation", "validation", "perplexity", "Validation perplexity", "val_perplexity", metrics)
+    elif artifact == "classify":
+        add("text-classification", "test", "accuracy", "Test accuracy", "test_accuracy", metrics)
+        add("text-classification", "test", "f1", "Test F1", "test_f1", metrics)
+    elif artifact in ("sft", "lora", "lora-merged"):
+        add("text-generation", "validation", "loss", "Validation loss (responses)", "val_loss", metrics)
+        judge = f"{evaluation['judge']} ({evaluation['judge_model']})" if evaluation else None
+        add("text-generation", "test", "judge_score", "Judge score (0-100)", "judge_mean", evaluation, config=judge)
+        add("text-generation", "test", "rouge", "ROUGE-L", "rouge_l", evaluation)
+    return results
+
+
+def usage(artifact: str, model_id: str, prompt_format: str = "alpaca") -> str:
+    """A snippet that runs as is (a local folder path or a Hub id both work as `model_id`)."""
+    if artifact == "tokenizer":
+        return (
+            "from transformers import AutoTokenizer\n\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})\n"
+            'print(tokenizer.tokenize("Every effort moves you"))\n'
+        )
+    if artifact == "classify":
+        return (
+            "from transformers import pipeline\n\n"
+            f"classifier = pipeline(\"text-classification\", model={model_id!r})\n"
+            'print(classifier("You are a winner! Reply WIN now to claim your free prize."))\n'
+        )
+    prompt = instruction_prompt(prompt_format) if artifact != "pretrain" else "Every effort moves you"
+    if artifact == "lora":
+        return (
+            "from peft import AutoPeftModelForCausalLM\n"
+            "from transformers import AutoTokenizer\n\n"
+            f"model = AutoPeftModelForCausalLM.from_pretrained({model_id!r})  # the base model named in adapter_config.json\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})\n"
+            f"inputs = tokenizer({prompt!r}, return_tensors=\"pt\")\n"
+            "output = model.generate(**inputs, max_new_tokens=20, do_sample=False)\n"
+            'print(tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))\n'
+        )
+    return (
+        "from transformers import pipeline\n\n"
+        f"generator = pipeline(\"text-generation\", model={model_id!r})\n"
+        f"print(generator({prompt!r}, max_new_tokens=20, do_sample=False)[0][\"generated_text\"])\n"
+    )
+
+
+def instruction_prompt(prompt_format: str) -> str:
+    from llmpipe import instructions
+
+    if prompt_format == "alpaca":
+        return instructions.alpaca_prompt(EXAMPLE_INSTRUCTION)
+    return EXAMPLE_INSTRUCTION["instruction"]  # chat: a plain request (the pipeline's chat template wraps messages)
+
+
+def _table(header: tuple[str, str], rows: list[tuple[Any, Any]]) -> str:
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    lines += [f"| {_cell(key)} | {_cell(value)} |" for key, value in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return re.sub(r"\s+", " ", str(value)).replace("|", "\\|")
+
+
+def model_card(
+    facts: CardFacts, model_id: str, license: str, language: str, evaluation: dict[str, Any] | None = None,
+    base_model: str | None = None,
+) -> ModelCard:
+    """The card of one artifact, loadable as `model_id` (its folder, or its Hub repository); `base_model`
+    overrides the one in `facts` (the Hub id a local base folder was pushed as)."""
+    kind = KINDS[facts.artifact]
+    base = base_model or facts.base_model
+    results = eval_results(facts, evaluation)
+    data = ModelCardData(
+        model_name=Path(model_id).name,
+        license=license,
+        language=language,
+        library_name=kind.library_name,
+        pipeline_tag=kind.pipeline_tag,
+        tags=["llmpipe", "gpt2", facts.artifact, *{"lora": ["lora", "peft"], "lora-merged": ["lora"]}.get(facts.artifact, [])],
+        base_model=base,
+        datasets=facts.hub_data or None,
+        eval_results=results or None,
+        llmpipe=asdict(facts),
+    )
+    stage = facts.artifact.split("-")[0]
+    sections = [
+        f"# {Path(model_id).name}\n\nMade by the `{stage}` stage of llmpipe (recipe `{facts.recipe}`): {kind.title}.",
+        f"## Usage\n\n```python\n{usage(facts.artifact, model_id, facts.prompt_format)}```",
+    ]
+    if base:
+        sections.append(f"## Base model\n\n`{base}`")
+    if results:
+        rows = [(f"{r.metric_name} ({r.dataset_name}, {r.dataset_split})", r.metric_value) for r in results]
+        judged = [r.metric_config for r in results if r.metric_config]
+        note = f"\n\nJudged by {judged[0]}." if judged else ""
+        sections.append("## Evaluation\n\n" + _table(("Metric", "Value"), rows) + note)
+    sources = [(f"`{s.path}`", f"{s.origin}; license: {s.license}") for s in data_sources(facts.data)]
+    sources += [(f"`{d}` (Hugging Face Hub)", "see the data set's card") for d in facts.hub_data]
+    if sources:
+        sections.append("## Training data\n\n" + _table(("Data", "Source and license"), sources))
+    if facts.settings:
+        rows = [(f"`{key}`", value) for key, value in sorted(facts.settings.items())]
+        sections.append(f"## Training settings (recipe `{facts.recipe}`)\n\n" + _table(("Setting", "Value"), rows))
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
+
+
+def write(folder: str | Path, card: ModelCard) -> None:
+    """The card as the folder's README.md (replacing the one PEFT writes with an empty base model)."""
+    card.save(Path(folder) / "README.md")
+
+
+def load_facts(folder: str | Path) -> CardFacts:
+    """The facts a stage wrote into the card of `folder`."""
+    path = Path(folder) / "README.md"
+    if not path.is_file():
+        raise UserError(f"{path}: no model card; this folder was not written by an llmpipe stage (run `dvc repro`)")
+    recorded = ModelCard.load(path).data.to_dict().get("llmpipe")
+    if not isinstance(recorded, dict):
+        raise UserError(f"{path}: the card has no `llmpipe` metadata; run the stage again (`dvc repro -f -s STAGE`)")
+    return CardFacts(**recorded)

@@ -1,0 +1,73 @@
+import subprocess
+import sys
+
+import pytest
+from huggingface_hub import ModelCard
+from huggingface_hub.repocard import metadata_load
+
+from llmpipe import cards
+from llmpipe.errors import UserError
+
+METRICS = {"val_loss": 4.25, "val_perplexity": 70.1, "initial_val_loss": 7.6, "tokens_per_second": 6000.0}
+EVALUATION = {"judge_mean": 41.5, "rouge_l": 0.21, "judge": "llama3", "judge_model": "openai:llama3@http://localhost:11434/v1"}
+
+
+def facts(artifact: str, **changes) -> cards.CardFacts:
+    made = cards.CardFacts(
+        artifact=artifact, recipe="tiny", settings={"training.learning_rate": 0.003, "model.n_layer": 4},
+        metrics=METRICS, data=["data/text/tinyshakespeare.txt", "data/instruction-data.json"], hub_data=[],
+        base_model="artifacts/pretrain",
+    )
+    return cards.CardFacts(**{**made.__dict__, **changes})
+
+
+def test_card_metadata_parses_and_holds_the_metrics_and_the_named_judge(tmp_path):
+    card = cards.model_card(facts("sft"), "alice/tiny-sft", "apache-2.0", "en", EVALUATION, base_model="alice/tiny-pretrain")
+    cards.write(tmp_path, card)
+    loaded = ModelCard.load(tmp_path / "README.md")
+    meta = metadata_load(tmp_path / "README.md")
+    assert meta["license"] == "apache-2.0" and meta["language"] == "en" and meta["pipeline_tag"] == "text-generation"
+    assert meta["base_model"] == "alice/tiny-pretrain" and meta["library_name"] == "transformers"
+    scores = {(r.metric_type, r.dataset_split): r for r in loaded.data.eval_results}
+    assert scores["loss", "validation"].metric_value == 4.25
+    assert scores["judge_score", "test"].metric_value == 41.5
+    assert "llama3" in scores["judge_score", "test"].metric_config  # the judge is named
+    assert scores["rouge", "test"].metric_value == 0.21
+    assert meta["model-index"][0]["name"] == "tiny-sft"
+    assert cards.CardFacts(**meta["llmpipe"]) == facts("sft")  # what push re-renders from
+
+
+def test_card_names_each_data_files_source_and_license(tmp_path):
+    text = str(cards.model_card(facts("sft", data=["data/text/tinyshakespeare.txt", "mine/notes.txt"]), "x", "mit", "en"))
+    assert "karpathy/char-rnn" in text and "public domain" in text
+    assert "`mine/notes.txt` | your data (not in data/SOURCES.md); license: unknown" in text
+    assert "`training.learning_rate` | 0.003" in text
+
+
+def test_adapter_card_never_has_an_empty_base_model():
+    card = cards.model_card(facts("lora"), "artifacts/lora/adapter", "apache-2.0", "en")
+    assert card.data.base_model == "artifacts/pretrain" and card.data.library_name == "peft"
+    assert {"lora", "peft"} <= set(card.data.tags)
+
+
+def test_classifier_card_scores_are_test_accuracy_and_f1():
+    card = cards.model_card(facts("classify", metrics={"test_accuracy": 0.95, "test_f1": 0.94}), "c", "apache-2.0", "en")
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {"accuracy": 0.95, "f1": 0.94}
+    assert card.data.pipeline_tag == "text-classification"
+
+
+def test_load_facts_names_a_folder_without_a_card(tmp_path):
+    with pytest.raises(UserError, match=f"{tmp_path}/README.md: no model card"):
+        cards.load_facts(tmp_path)
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\nhello\n")
+    with pytest.raises(UserError, match="no `llmpipe` metadata"):
+        cards.load_facts(tmp_path)
+
+
+def test_usage_snippet_runs_on_the_saved_folder(tmp_path, tiny_model, tokenizer):
+    tiny_model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    snippet = cards.usage("pretrain", str(tmp_path / "model"))
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("Every effort moves you")

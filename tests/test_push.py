@@ -1,0 +1,147 @@
+"""`llmpipe push` against a patched `HfApi` (create_repo/create_branch/create_commit are the network boundary)."""
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import HfApi, ModelCard, constants
+from huggingface_hub.hf_api import CommitInfo
+from peft import PeftModel, TaskType, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llmpipe import adapters, cards, cli
+from tests.conftest import REPO, run_cli
+
+FAKE_TOKEN = "hf_llmpipeFAKEtoken0123456789abcdefXYZ"
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, tiny_model, tokenizer):
+    """A repository-like folder: params, data sources, a pretrained model and a LoRA adapter with cards."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # mlflow exports it in-process
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/SOURCES.md").write_text((REPO / "data/SOURCES.md").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["hub"]["namespace"] = "alice"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    pretrain = tmp_path / "artifacts/pretrain"
+    tiny_model.save_pretrained(pretrain)
+    tokenizer.save_pretrained(pretrain)
+    (pretrain / "training_args.bin").write_bytes(b"a pickle")
+    base = AutoModelForCausalLM.from_pretrained("artifacts/pretrain")
+    lora = get_peft_model(base, adapters.lora_config({"r": 2, "target_modules": ["c_attn"]}, TaskType.CAUSAL_LM))
+    adapters.save_adapter_and_merged(lora, tokenizer, tmp_path / "artifacts/lora/adapter", tmp_path / "artifacts/lora/merged")
+    made = dict(recipe="tiny", settings={"training.learning_rate": 0.003}, data=["data/text/tinyshakespeare.txt"], hub_data=[])
+    for folder, artifact, base_model in (("pretrain", "pretrain", None), ("lora/adapter", "lora", "artifacts/pretrain")):
+        facts = cards.CardFacts(artifact=artifact, metrics={"val_loss": 4.5}, base_model=base_model, **made)
+        cards.write(tmp_path / "artifacts" / folder, cards.model_card(facts, f"artifacts/{folder}", "apache-2.0", "en"))
+    return tmp_path
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """Record what would be sent; the token is a recognisable fake."""
+    sent = {"repos": [], "commits": []}
+
+    def create_repo(self, repo_id, **kwargs):
+        sent["repos"].append((repo_id, kwargs))
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        sent["commits"].append((repo_id, list(operations), kwargs))
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/abc", commit_message="", commit_description="", oid="abc")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_branch", lambda self, *a, **k: None)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: socket.socket())
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    return sent
+
+
+def materialize(operations, folder: Path) -> Path:
+    """The repository as the Hub would hold it after the commit."""
+    for op in operations:
+        target = folder / op.path_in_repo
+        target.parent.mkdir(parents=True, exist_ok=True)
+        content = op.path_or_fileobj
+        target.write_bytes(content if isinstance(content, bytes) else Path(content).read_bytes())
+    return folder
+
+
+def test_push_sends_one_commit_that_reloads_with_stock_loaders(workdir, hub, capsys):
+    assert cli.main(["push", "pretrain", "lora"]) == 0
+    assert [repo for repo, _ in hub["repos"]] == ["alice/llmpipe-pretrain", "alice/llmpipe-lora"]
+    assert all(kwargs["private"] for _, kwargs in hub["repos"])  # private unless --public
+    (pretrain_repo, pretrain_ops, _), (lora_repo, lora_ops, _) = hub["commits"]
+    pushed = {op.path_in_repo for op in pretrain_ops}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md"} <= pushed
+    assert "training_args.bin" not in pushed  # pickles never leave
+
+    model_repo = materialize(pretrain_ops, workdir / "hub/pretrain")
+    model = AutoModelForCausalLM.from_pretrained(model_repo)
+    assert ModelCard.load(model_repo / "README.md").data.model_name == "llmpipe-pretrain"
+    adapter_repo = materialize(lora_ops, workdir / "hub/lora")
+    config = json.loads((adapter_repo / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "alice/llmpipe-pretrain"  # the base's Hub id, not a local path
+    card = ModelCard.load(adapter_repo / "README.md").data
+    assert card.base_model == "alice/llmpipe-pretrain"
+    adapted = PeftModel.from_pretrained(model, adapter_repo)
+    inputs = AutoTokenizer.from_pretrained(adapter_repo)("I had always", return_tensors="pt")
+    assert adapted.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 3
+    assert "alice/llmpipe-lora" in capsys.readouterr().out
+
+
+def test_the_token_appears_nowhere_the_push_wrote_or_printed(workdir, hub, capsys):
+    assert cli.main(["push", "pretrain", "--repo-id", "alice/x", "--public"]) == 0
+    assert hub["repos"][0][1]["private"] is False
+    output = capsys.readouterr()
+    assert FAKE_TOKEN not in output.out + output.err
+    (_, operations, kwargs) = hub["commits"][0]
+    assert FAKE_TOKEN not in json.dumps(kwargs)
+    for op in operations:
+        content = op.path_or_fileobj
+        assert FAKE_TOKEN.encode() not in (content if isinstance(content, bytes) else Path(content).read_bytes())
+    written = [path for path in workdir.rglob("*") if path.is_file()]
+    assert any(path.name == "mlflow.db" for path in written)  # the push was tracked
+    for path in written:
+        assert FAKE_TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_dry_run_sends_nothing_and_needs_no_network(workdir, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dry run touched the Hub")
+
+    monkeypatch.setattr(HfApi, "create_commit", refuse)
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    assert cli.main(["push", "lora", "--dry-run", "--repo-id", "alice/a", "--base-model", "alice/base"]) == 0
+    out = capsys.readouterr().out
+    assert "one commit of 5 files" in out and "add adapter_model.safetensors" in out
+    assert "base_model: alice/base" in out and not (workdir / "mlflow.db").exists()
+
+
+def test_an_adapter_on_a_local_base_needs_the_bases_hub_id(workdir, capsys):
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["hub"]["namespace"] = ""
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    assert cli.main(["push", "lora", "--repo-id", "alice/a", "--dry-run"]) == 2
+    assert "the adapter's base is the local folder artifacts/pretrain: push it first" in capsys.readouterr().err
+
+
+def test_offline_push_fails_at_once_with_the_fix(workdir):
+    result = run_cli("push", "pretrain", cwd=workdir, env={"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "HF_HUB_OFFLINE is set: pushing needs the network" in result.stderr
+
+
+def test_push_from_params_does_nothing_while_off(workdir, hub, capsys):
+    assert cli.main(["push", "--from-params"]) == 0
+    assert "push: off" in capsys.readouterr().out and not hub["commits"]
+
+
+def test_an_unknown_stage_is_named(workdir, capsys):
+    assert cli.main(["push", "evaluate", "--dry-run"]) == 2
+    assert "cannot push evaluate: choose from tokenizer, pretrain" in capsys.readouterr().err
