@@ -45,6 +45,15 @@ def load_causal_lm(source: str | Path) -> PreTrainedModel:
     return load_pretrained(AutoModelForCausalLM.from_pretrained, source, "causal language model", use_safetensors=True)
 
 
+def check_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, source: str | Path) -> None:
+    """A tokenizer with ids beyond the model's embedding comes from another run; generating would index past it."""
+    if len(tokenizer) > model.config.vocab_size:
+        raise UserError(
+            f"{source}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary holds {model.config.vocab_size}; "
+            "they come from different runs: use the tokenizer saved with the model (every stage saves both in its folder)"
+        )
+
+
 def load_for_task(source: str | Path, task: str, adapter_base: str | None = None):
     """The model a `pipeline(task)` runs: a causal LM or a sequence classifier; with `adapter_base`, the
     PEFT adapter in `source` on that base."""

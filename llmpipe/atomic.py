@@ -15,11 +15,21 @@ def _umask() -> int:
     return current
 
 
+def _clear_leftovers(target: Path, kinds: tuple[str, ...] = ("tmp", "old")) -> None:
+    """Staging paths of `target` from a run that was killed (SIGKILL leaves no chance to clean up)."""
+    for leftover in [path for kind in kinds for path in target.parent.glob(f".{target.name}.{kind}-*")]:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def directory(target: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder next to `target`; on success it replaces `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _clear_leftovers(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes it owner-only; the output should not be
     try:
@@ -43,6 +53,7 @@ def scratch(beside: str | Path) -> Iterator[Path]:
     the output will, unlike /tmp (often small, or in RAM)."""
     target = Path(beside)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _clear_leftovers(target, ("work",))
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.work-", dir=target.parent) as folder:
         yield Path(folder)
 
@@ -50,6 +61,7 @@ def scratch(beside: str | Path) -> Iterator[Path]:
 def write_text(target: str | Path, text: str) -> None:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _clear_leftovers(target)
     fd, staging = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

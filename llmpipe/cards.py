@@ -9,6 +9,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from llmpipe import redact
 from llmpipe.errors import UserError
 
 SOURCES_FILE = Path("data/SOURCES.md")
@@ -67,7 +68,7 @@ def facts(job, artifact: str, metrics: dict[str, Any], base_model: str | None = 
     return CardFacts(
         artifact=artifact,
         recipe=job.recipe_path.parent.name,
-        settings={key: value for key, value in flatten(job.recipe).items() if value is not None},
+        settings={key: redact.url(value) if isinstance(value, str) else value for key, value in flatten(job.recipe).items() if value is not None},
         metrics={key: value for key, value in metrics.items() if isinstance(value, (int, float, str))},
         data=[path for name in KINDS[artifact].data for path in files[name]],
         hub_data=[dataset.path for dataset in params.data.hub],

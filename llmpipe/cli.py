@@ -1,6 +1,7 @@
 """`llmpipe COMMAND ...`: a table of commands; each module adds its options and runs."""
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -42,4 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"llmpipe {name}: interrupted; outputs left as they were", file=sys.stderr)
         return 130
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(
+            f"llmpipe {name}: error: no space left on the device while writing {err.filename or 'an output'}; "
+            "free some space and run it again (the previous outputs are intact)",
+            file=sys.stderr,
+        )
+        return 28
     return 0

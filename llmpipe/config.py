@@ -151,6 +151,7 @@ def _match(value: Any, annotation: Any, source: str, key: str) -> Any:
                 pass
         raise _Mismatch
     if origin is typing.Literal:
+        value = _unbool(value, args)
         if value in args:
             return value
         raise _Mismatch
@@ -192,13 +193,26 @@ def _match(value: Any, annotation: Any, source: str, key: str) -> Any:
             return build(annotation, value, source, key + ".")
         raise _Mismatch
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        if value in {member.value for member in annotation}:
+        allowed = {member.value for member in annotation}
+        value = _unbool(value, allowed)
+        if value in allowed:
             return value
         raise _Mismatch
     if isinstance(annotation, type):
         if isinstance(value, annotation):
             return value
         raise _Mismatch
+    return value
+
+
+YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
+
+
+def _unbool(value: Any, allowed) -> Any:
+    """YAML 1.1 reads an unquoted `no` as False, and `dvc exp run -S` writes recipes back unquoted: where
+    the word is one of the allowed values (e.g. eval_strategy: no), take the word."""
+    if isinstance(value, bool):
+        return next((word for word in YAML_BOOL_WORDS[value] if word in allowed), value)
     return value
 
 

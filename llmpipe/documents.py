@@ -36,7 +36,8 @@ def load(data: DataParams, workdir: str | Path) -> Documents:
     """The documents of `data`, as Arrow files in `workdir` (put it on a disk, not a RAM-backed /tmp)."""
     paths = _expand(data.files)
     if next(_documents(paths, data), None) is None:
-        raise UserError("params.yaml: data: the corpus has no documents (are the files empty?)")
+        named = ", ".join(str(path) for path in paths) or "no files"
+        raise UserError(f"params.yaml: data: {named}: no text in the corpus (empty files?); add text or change data.files")
     try:
         every = Dataset.from_generator(_documents, features=TEXT, cache_dir=str(workdir), gen_kwargs={"paths": paths, "data": data})
     except DatasetGenerationError as err:  # datasets wraps what the generator raised

@@ -72,6 +72,7 @@ def main(args: argparse.Namespace) -> None:
         raise UserError("--temperature must be 0 (greedy) or positive")
     tokenizer = artifacts.load_tokenizer(args.model)
     model = artifacts.load_causal_lm(args.model).eval()
+    artifacts.check_vocabulary(model, tokenizer, args.model)
     set_seed(args.seed)
     settings = decoding(tokenizer, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     continue_text(model, tokenizer, args.prompt, settings, streamer=TextStreamer(tokenizer))

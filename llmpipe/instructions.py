@@ -70,9 +70,9 @@ def _check(entry: object, index: int, path: Path) -> None:
         raise UserError(f"{where}: `input` must be a string")
 
 
-def split(entries: list[dict], fractions: dict[str, float]) -> dict[str, list[dict]]:
+def split(entries: list[dict], fractions: dict[str, float], source: object = "the recipe") -> dict[str, list[dict]]:
     """Contiguous parts in the order given (the book: first 85 % train, next 10 % test, last 5 % validation)."""
-    return splits.cut(entries, fractions, "split")
+    return splits.cut(entries, fractions, "split", source)
 
 
 def as_messages(entry: dict) -> list[dict]:

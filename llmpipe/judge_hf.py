@@ -13,6 +13,7 @@ class HfJudge:
         self.identity = f"hf:{settings.model}"
         self.tokenizer = artifacts.load_tokenizer(settings.model)
         self.model = artifacts.load_causal_lm(settings.model).to(device).eval()
+        artifacts.check_vocabulary(self.model, self.tokenizer, settings.model)
         self.chat = settings.prompt_format == "chat" or (
             settings.prompt_format == "auto" and bool(self.tokenizer.chat_template)
         )

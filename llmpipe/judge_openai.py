@@ -7,7 +7,7 @@ import re
 
 import openai
 
-from llmpipe import judge
+from llmpipe import judge, redact
 from llmpipe.errors import UserError
 
 INTEGER = re.compile(r"\s*(\d{1,3})\s*")
@@ -29,7 +29,8 @@ class OpenAIJudge:
         self.client = openai.OpenAI(
             base_url=settings.base_url, api_key=key, timeout=settings.timeout, max_retries=settings.max_retries
         )
-        self.identity = f"openai:{settings.model}@{self.client.base_url}"
+        self.base_url = redact.url(str(self.client.base_url))  # what messages, metrics and cards show
+        self.identity = f"openai:{settings.model}@{self.base_url}"
 
     def __call__(self, request: str, reference: str, response: str) -> judge.Verdict:
         try:
@@ -42,13 +43,13 @@ class OpenAIJudge:
             )
         except openai.APIStatusError as err:
             raise UserError(
-                f"judge endpoint {self.client.base_url} answered HTTP {err.status_code} for model "
+                f"judge endpoint {self.base_url} answered HTTP {err.status_code} for model "
                 f"`{self.settings.model}`: {_first_line(err.message)}; check the recipe's judge.model and "
                 f"judge.base_url, and ${self.settings.api_key_env} if the endpoint needs a key"
             ) from None
         except openai.APIConnectionError as err:
             raise UserError(
-                f"judge endpoint {self.client.base_url} did not answer ({_first_line(str(err))}) after "
+                f"judge endpoint {self.base_url} did not answer ({_first_line(str(err))}) after "
                 f"{self.settings.max_retries} retries; start the server (e.g. `ollama serve`) or fix judge.base_url"
             ) from None
         answer = reply.choices[0].message.content

@@ -33,7 +33,8 @@ class MlflowParams:
     enabled: bool = True
     tracking_uri: str = ""  # empty: sqlite:///<repo root>/mlflow.db; MLFLOW_TRACKING_URI wins over both
     experiment_name: str = "llmpipe"
-    log_models: bool = True  # copy each stage's model folder into the MLflow artifact store
+    log_models: bool = True  # log each trained model (mlflow.transformers) and register it as <experiment>-<stage>
+    unreachable: Literal["fail", "local"] = "fail"  # a tracking server that does not answer: stop, or log to the local store
 
 
 @dataclass

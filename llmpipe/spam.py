@@ -39,7 +39,7 @@ def read_messages(path: str | Path) -> list[tuple[str, str]]:
     return messages
 
 
-def balanced_splits(messages: list[tuple[str, str]], settings: SpamSplit) -> DatasetDict:
+def balanced_splits(messages: list[tuple[str, str]], settings: SpamSplit, source: object = "the recipe") -> DatasetDict:
     """Balance (optional), shuffle with the seed, then cut the parts in the order of the fractions."""
     rng = random.Random(settings.seed)
     if settings.balance:
@@ -48,7 +48,7 @@ def balanced_splits(messages: list[tuple[str, str]], settings: SpamSplit) -> Dat
         messages = rng.sample(ham, min(len(ham), len(spam))) + spam
     messages = list(messages)
     rng.shuffle(messages)
-    parts = splits.cut(messages, settings.fractions, "split.fractions")
+    parts = splits.cut(messages, settings.fractions, "split.fractions", source)
     return DatasetDict({
         name: Dataset.from_dict({"text": [t for _, t in part], "label": [LABELS.index(l) for l, _ in part]}, features=FEATURES)
         for name, part in parts.items()

@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import dataclasses
+import pickle
 import tempfile
 import time
 from dataclasses import dataclass
@@ -123,6 +124,10 @@ def reject_owned(section: dict, names: tuple[str, ...], where: str, owner: str) 
             raise UserError(f"{where}.{name}` is set by llmpipe from {owner}; remove it from the recipe")
 
 
+# TrainingArguments accepts these at or below zero and fails (or silently does nothing) later
+POSITIVE_SETTINGS = ("learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+
+
 def training_arguments(cls: type, settings: dict, checkpoints: str, job: Stage, **defaults: Any):
     """`TrainingArguments` (or a subclass such as TRL's `SFTConfig`) from the recipe's `training`
     section; llmpipe owns where checkpoints go and where metrics are reported."""
@@ -134,6 +139,9 @@ def training_arguments(cls: type, settings: dict, checkpoints: str, job: Stage, 
         "include_num_input_tokens_seen": "non_padding",  # for tokens/s and MFU (throughput.Throughput)
         **defaults,
     }
+    for key in POSITIVE_SETTINGS:
+        if key in settings and isinstance(settings[key], (int, float)) and settings[key] <= 0:
+            raise UserError(f"{job.recipe_path}: `training.{key}` must be above 0 (got {settings[key]})")
     try:
         return cls(**{**defaults, **settings}, output_dir=checkpoints, report_to=job.tracker.report_to)
     except ValueError as err:
@@ -147,7 +155,13 @@ def train(trainer: Trainer, args: argparse.Namespace, identity: dict) -> None:
         trainer.args.eval_on_start = False  # the step-0 evaluation is in the checkpoint's history
         if trainer.is_world_process_zero():
             print(f"resuming from {resume}", flush=True)
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except pickle.UnpicklingError as err:  # Trainer loads checkpoint state with torch.load(weights_only=True)
+        raise UserError(
+            f"{resume}: holds a pickle that is not plain tensors, refused unread ({str(err).splitlines()[0][:200]}); "
+            f"delete {args.checkpoints} (or pass --restart) unless you trust where it came from"
+        ) from None
 
 
 @contextlib.contextmanager

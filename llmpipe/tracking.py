@@ -10,8 +10,11 @@ import os
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from llmpipe import redact
 from llmpipe.config import flatten
+from llmpipe.errors import UserError
 from llmpipe.params import MlflowParams
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -35,6 +38,29 @@ def tracking_uri(settings: MlflowParams) -> str:
         os.environ.get("MLFLOW_TRACKING_URI")
         or settings.tracking_uri
         or f"sqlite:///{repo_root() / 'mlflow.db'}"
+    )
+
+
+def answering_uri(settings: MlflowParams) -> str:
+    """The tracking URI, once a server behind it answers (a dead one would make MLflow retry for minutes,
+    after the stage had trained). `unreachable: local` falls back to the repository's own store."""
+    uri = tracking_uri(settings)
+    if urlsplit(uri).scheme not in ("http", "https"):
+        return uri
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=5)
+        return uri
+    except requests.RequestException as err:
+        reason = type(err).__name__
+    local = f"sqlite:///{repo_root() / 'mlflow.db'}"
+    if settings.unreachable == "local":
+        print(f"mlflow: {redact.url(uri)} does not answer ({reason}); logging to {local} instead", flush=True)
+        return local
+    raise UserError(
+        f"MLflow tracking server {redact.url(uri)} does not answer ({reason}); start it, or set "
+        f"`mlflow.unreachable: local` in params.yaml to log to {local}, or `mlflow.enabled: false`"
     )
 
 
@@ -92,7 +118,7 @@ class StageRun:
             return self
         import mlflow
 
-        mlflow.set_tracking_uri(tracking_uri(self.settings))
+        mlflow.set_tracking_uri(answering_uri(self.settings))
         experiment = mlflow.get_experiment_by_name(self.settings.experiment_name)
         if experiment is None:  # artifacts beside the store, wherever the first stage ran from
             mlflow.create_experiment(self.settings.experiment_name, artifact_location=(repo_root() / "mlruns").as_uri())
@@ -126,7 +152,7 @@ class StageRun:
 
     def log_config(self, resolved: dict[str, Any]) -> None:
         if self._mlflow:
-            self._mlflow.log_params({key: str(value)[:6000] for key, value in resolved.items()})
+            self._mlflow.log_params({key: redact.url(str(value))[:6000] for key, value in resolved.items()})
 
     def log_metrics(self, metrics: dict[str, Any]) -> None:
         if self._mlflow:

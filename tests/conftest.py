@@ -11,6 +11,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+# A recognisable fake in the pipeline's environment: tests/test_security.py scans everything for it.
+FAKE_SECRET = "_".join(["hf", "llmpipeFAKEsecret0123456789abcdefXYZ"])  # joined: the sources never hold it whole
 VERDICT = REPO / "data" / "text" / "the-verdict.txt"
 
 
@@ -54,3 +57,89 @@ def copy_repo(destination: Path) -> Path:
     skip = {".venv", ".git", "artifacts", "checkpoints", "mlruns", "mlflow.db", ".pytest_cache", "__pycache__", "cache", "tmp"}
     shutil.copytree(REPO, destination, ignore=lambda _dir, names: [n for n in names if n in skip or n.endswith(".egg-info")])
     return destination
+
+
+def sh(repo: Path, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    """A command in `repo` as a user runs it, with secrets in the environment that must never be written."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    env |= {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "OMP_NUM_THREADS": "1",
+            "HF_TOKEN": FAKE_SECRET, "OPENAI_API_KEY": FAKE_SECRET}
+    result = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    if check:
+        assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory) -> Path:
+    """The whole pipeline on the `test` recipe, run by `dvc repro` in a copy of the repository (a git repo)."""
+    import yaml
+
+    repo = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["recipe"] = "test"
+    params["data"]["files"] = ["data/text/the-verdict.txt"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for stale in ("metrics", "plots"):
+        shutil.rmtree(repo / stale, ignore_errors=True)
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "baseline")
+    sh(repo, "dvc", "repro")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> Path:
+    """A project folder (params, `test` recipes, data) where tokenizer, corpus and pretrain ran in-process:
+    what the bad-input and fault tests break things in. MLflow is off; tests that need it turn it on."""
+    import yaml
+
+    from llmpipe import cli
+
+    root = tmp_path_factory.mktemp("workspace")
+    shutil.copytree(REPO / "recipes", root / "recipes")
+    shutil.copytree(REPO / "data", root / "data")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params |= {"recipe": "test", "data": {**params["data"], "files": ["data/text/the-verdict.txt"]}}
+    params["mlflow"]["enabled"] = False
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    here = Path.cwd()
+    os.chdir(root)
+    try:
+        for stage in ("tokenizer", "corpus", "pretrain"):
+            assert cli.main([stage]) == 0, stage
+    finally:
+        os.chdir(here)
+    return root
+
+
+@pytest.fixture
+def inside(workspace, monkeypatch) -> Path:
+    """Run the test from the workspace folder."""
+    monkeypatch.chdir(workspace)
+    return workspace
+
+
+def assert_refused(code: int, err: str, *culprits: str) -> None:
+    """A user's mistake: exit 2, one `error:` line naming the culprit(s), no traceback."""
+    assert code == 2, err
+    assert "Traceback" not in err and "error:" in err
+    for culprit in culprits:
+        assert culprit in err, f"{culprit!r} not in {err!r}"
+
+
+def staging_leftovers(folder: Path) -> list[Path]:
+    """Half-written outputs: atomic staging folders or files left beside the outputs."""
+    return [path for path in folder.rglob(".*") if any(mark in path.name for mark in (".tmp-", ".old-", ".work-"))]
+
+
+def outputs_snapshot(root: Path) -> dict[str, int]:
+    """Every output file with its modification time: equal before and after a refused run means nothing was touched."""
+    return {
+        str(path.relative_to(root)): path.stat().st_mtime_ns
+        for folder in ("artifacts", "metrics", "plots") if (root / folder).exists()
+        for path in (root / folder).rglob("*") if path.is_file()
+    }

@@ -49,6 +49,16 @@ def test_yaml_exponent_without_dot_is_read_as_the_number(tmp_path):
     assert config.load(PretrainRecipe, path).training["learning_rate"] == pytest.approx(3e-4)
 
 
+def test_an_unquoted_no_is_the_word_where_the_word_is_allowed(tmp_path):
+    # YAML 1.1 reads `no` as False; `dvc exp run -S` writes recipes back with `"no"` unquoted.
+    path = tmp_path / "r.yaml"
+    path.write_text("training:\n  eval_strategy: no\n  save_strategy: no\n")
+    assert config.load(SftRecipe, path).training == {"eval_strategy": "no", "save_strategy": "no"}
+    path.write_text("prompt_format: no\n")
+    with pytest.raises(UserError, match="`prompt_format` must be one of 'alpaca', 'chat', got bool False"):
+        config.load(SftRecipe, path)
+
+
 def test_set_overrides_win_over_the_file(tmp_path):
     path = write(tmp_path, {"training": {"learning_rate": 0.1, "seed": 1}, "sample_prompt": "a"})
     recipe = config.load(PretrainRecipe, path, ["training.learning_rate=3e-4", "sample_prompt=b", "model.n_layer=3"])

@@ -80,7 +80,7 @@ def test_a_bad_byte_deep_in_a_streamed_file_is_named_with_its_offset(tmp_path):
 
 def test_files_without_documents_are_named(tmp_path):
     (tmp_path / "empty.txt").write_text("\n  \n")
-    with pytest.raises(UserError, match="the corpus has no documents"):
+    with pytest.raises(UserError, match="no text in the corpus"):
         load(DataParams(files=[str(tmp_path / "empty.txt")]), tmp_path / "work")
 
 

@@ -18,35 +18,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from llmpipe.packing import count_blocks
 from llmpipe.spam import LABELS, SpamSplit, balanced_splits, read_messages
-from tests.conftest import copy_repo, run_cli
+from tests.conftest import BIN, run_cli, sh
 
-BIN = Path(sys.executable).parent
 STAGES = ["tokenizer", "corpus", "pretrain", "classify", "sft", "lora", "evaluate"]
-
-
-def sh(repo: Path, *argv: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    env |= {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    repo = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["recipe"] = "test"
-    params["data"]["files"] = ["data/text/the-verdict.txt"]
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for stale in ("dvc.lock", "metrics", "plots"):
-        subprocess.run(["rm", "-rf", str(repo / stale)], check=True)
-    sh(repo, "git", "init", "-q")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "baseline")
-    sh(repo, "dvc", "repro")
-    return repo
 
 
 def mlflow_runs(repo: Path) -> list:
@@ -226,12 +200,12 @@ def test_second_repro_does_nothing(repo):
     assert len(runs) == 1 + len(STAGES)
 
 
-def test_exp_run_with_a_recipe_value_reruns_pretrain_and_shows_in_dvc(repo):
-    sh(repo, "dvc", "exp", "run", "-S", "recipes/test/pretrain.yaml:training.learning_rate=0.001")
+def test_exp_run_with_a_recipe_value_reruns_that_stage_and_what_depends_on_it(repo):
+    sh(repo, "dvc", "exp", "run", "-S", "recipes/test/sft.yaml:training.learning_rate=0.001")
     baseline = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)[1]
     (experiment,) = baseline["experiments"][0]["revs"]
-    assert experiment["data"]["params"]["recipes/test/pretrain.yaml"]["data"]["training"]["learning_rate"] == 0.001
-    assert experiment["data"]["metrics"]["metrics/pretrain.json"]["data"]["val_loss"] > 0
+    assert experiment["data"]["params"]["recipes/test/sft.yaml"]["data"]["training"]["learning_rate"] == 0.001
+    assert experiment["data"]["metrics"]["metrics/sft.json"]["data"]["val_loss"] > 0
     assert "training.learning_rate" in sh(repo, "dvc", "params", "diff").stdout
     assert "val_loss" in sh(repo, "dvc", "metrics", "show").stdout
     sh(repo, "dvc", "plots", "show", "-o", "dvc_plots")
@@ -239,7 +213,7 @@ def test_exp_run_with_a_recipe_value_reruns_pretrain_and_shows_in_dvc(repo):
     _, runs = mlflow_runs(repo)
     exp_runs = [r for r in runs if r.data.tags.get("dvc.exp_name")]
     rerun = sorted(r.data.tags.get("llmpipe.stage") for r in exp_runs if "mlflow.parentRunId" in r.data.tags)
-    assert rerun == sorted(["pretrain", "classify", "sft", "lora", "evaluate"])  # pretrain and what depends on it
+    assert rerun == ["evaluate", "sft"]  # sft and what depends on it; pretrain, classify, lora are untouched
 
 
 def kill_when_saved(repo: Path, stage: str, step: int) -> None:

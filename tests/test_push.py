@@ -12,9 +12,9 @@ from peft import PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmpipe import adapters, cards, cli
-from tests.conftest import REPO, run_cli
+from tests.conftest import FAKE_SECRET, REPO, run_cli
 
-FAKE_TOKEN = "hf_llmpipeFAKEtoken0123456789abcdefXYZ"
+FAKE_TOKEN = FAKE_SECRET
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ def main(args: argparse.Namespace) -> None:
         recipe.model, ("num_labels", "id2label", "label2id", "pad_token_id"), f"{job.recipe_path}: `model",
         "the two labels (ham, spam) and the tokenizer",
     )
-    splits = spam.balanced_splits(spam.read_messages(job.params.classify_data), recipe.split)
+    splits = spam.balanced_splits(spam.read_messages(job.params.classify_data), recipe.split, job.recipe_path)
     source = recipe.init_from or args.base
     tokenizer = artifacts.load_tokenizer(source)
 
@@ -81,6 +81,7 @@ def main(args: argparse.Namespace) -> None:
         training = stage.training_arguments(TrainingArguments, recipe.training, args.checkpoints, job)
         set_seed(training.seed)
         model = load_classifier(source, recipe.model)
+        artifacts.check_vocabulary(model, tokenizer, source)
         model.config.pad_token_id = tokenizer.pad_token_id
         max_length = recipe.max_length or artifacts.context_length(model)
         encoded = splits.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length), batched=True)

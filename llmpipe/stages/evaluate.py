@@ -66,7 +66,7 @@ def test_entries(job: stage.Stage) -> tuple[list[dict], str]:
     tuned = config.load(LoraRecipe if job.recipe.split_from == "lora" else SftRecipe, source)
     if "test" not in tuned.split:
         raise UserError(f"{source}: `split` has no `test` part to evaluate on")
-    entries = instructions.split(instructions.load(job.params.instruction_data), tuned.split)["test"][: job.recipe.limit]
+    entries = instructions.split(instructions.load(job.params.instruction_data), tuned.split, source)["test"][: job.recipe.limit]
     if not entries:
         raise UserError(f"{source}: the test split is empty; give `split.test` a larger share (or raise `limit`)")
     return entries, tuned.prompt_format
@@ -107,6 +107,7 @@ def answer(source: str, entries: list[dict], prompt_format: str, recipe: Evaluat
     tokenizer = artifacts.load_tokenizer(source)
     instructions.prepare_tokenizer(tokenizer, prompt_format)
     model = artifacts.load_causal_lm(source).to(device)
+    artifacts.check_vocabulary(model, tokenizer, source)
     settings = generate.decoding(
         tokenizer, recipe.decoding.max_new_tokens, recipe.decoding.temperature, recipe.decoding.top_k, recipe.decoding.top_p
     )

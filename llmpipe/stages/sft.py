@@ -59,7 +59,7 @@ def run(
     registers: (subfolder, its card, whether it is an adapter)."""
     job = stage.begin(args, name, schema)
     recipe = job.recipe
-    entries = instructions.split(instructions.load(job.params.instruction_data), recipe.split)
+    entries = instructions.split(instructions.load(job.params.instruction_data), recipe.split, job.recipe_path)
     data = prompt_completion_splits(entries, recipe.prompt_format)
     source = recipe.init_from or args.base
     tokenizer = artifacts.load_tokenizer(source)
@@ -68,6 +68,7 @@ def run(
     with job.tracker:
         job.log_config()
         model = artifacts.load_causal_lm(source)
+        artifacts.check_vocabulary(model, tokenizer, source)
         model.generation_config.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         training = sft_config(recipe, args.checkpoints, job, artifacts.context_length(model))
         set_seed(training.seed)

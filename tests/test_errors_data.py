@@ -1,0 +1,75 @@
+"""Bad data: the message names the file and the line, byte offset or entry, and says how to fix it; nothing is written."""
+
+import json
+
+import pytest
+import yaml
+
+from llmpipe import cli
+from tests.conftest import assert_refused, outputs_snapshot, staging_leftovers
+
+
+def params_with(inside, tmp_path, **changes) -> str:
+    params = yaml.safe_load((inside / "params.yaml").read_text())
+    for key, value in changes.items():
+        if key.startswith("data_"):
+            params["data"][key.removeprefix("data_")] = value
+        else:
+            params[key] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return str(path)
+
+
+def refused(inside, capsys, stage: str, params: str, *culprits: str, extra: tuple = ()) -> None:
+    before = outputs_snapshot(inside)
+    assert_refused(cli.main([stage, "--params", params, *extra]), capsys.readouterr().err, *culprits)
+    assert outputs_snapshot(inside) == before and not staging_leftovers(inside)
+
+
+def test_a_missing_corpus_file_is_named(inside, capsys, tmp_path):
+    params = params_with(inside, tmp_path, data_files=["data/text/the-verdit.txt"])
+    refused(inside, capsys, "tokenizer", params, "data/text/the-verdit.txt")
+
+
+def test_an_empty_corpus_file_is_named(inside, capsys, tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    refused(inside, capsys, "tokenizer", params_with(inside, tmp_path, data_files=[str(tmp_path / "empty.txt")]), "empty.txt")
+
+
+def test_a_corpus_too_small_for_one_block_says_so(inside, capsys, tmp_path):
+    (tmp_path / "tiny.txt").write_text("".join(f"Line {i}.\n\n" for i in range(20)))
+    refused(inside, capsys, "corpus", params_with(inside, tmp_path, data_files=[str(tmp_path / "tiny.txt")]),
+            "fewer than one block of 32", "lower `context_length` in recipes/test/corpus.yaml")
+
+
+def test_text_that_is_not_utf8_names_file_and_byte_offset(inside, capsys, tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("Caf\u00e9 au lait.\n".encode("latin-1"))
+    refused(inside, capsys, "tokenizer", params_with(inside, tmp_path, data_files=[str(tmp_path / "latin1.txt")]),
+            "latin1.txt", "byte offset 3")
+
+
+@pytest.mark.parametrize("line, culprit", [("maybe\tWin a prize", "label 'maybe'"), ("ham but no tab", "no tab")])
+def test_a_bad_spam_line_is_named_by_number(inside, capsys, tmp_path, line, culprit):
+    spam = tmp_path / "spam.tsv"
+    spam.write_text("ham\tsee you at 5\nspam\tWIN cash now\n" + line + "\n")
+    refused(inside, capsys, "classify", params_with(inside, tmp_path, classify_data=str(spam)), f"{spam}:3", culprit)
+
+
+def test_instruction_json_that_does_not_parse_names_the_position(inside, capsys, tmp_path):
+    bad = tmp_path / "instructions.json"
+    bad.write_text('[{"instruction": "Say hi", "input": "", "output": "hi"},\n {"instruction": "oops"')
+    refused(inside, capsys, "sft", params_with(inside, tmp_path, instruction_data=str(bad)), "instructions.json", "line 2")
+
+
+def test_an_instruction_entry_missing_a_field_is_named_by_index(inside, capsys, tmp_path):
+    entries = json.loads((inside / "data/instruction-data.json").read_text())[:20]
+    del entries[7]["output"]
+    bad = tmp_path / "instructions.json"
+    bad.write_text(json.dumps(entries))
+    refused(inside, capsys, "sft", params_with(inside, tmp_path, instruction_data=str(bad)), "instructions.json", "7", "output")
+
+
+def test_a_split_that_comes_out_empty_is_named(inside, capsys, tmp_path):
+    refused(inside, capsys, "sft", params_with(inside, tmp_path), "recipes/test/sft.yaml: the test split is empty",
+            "change `split`", extra=("--set", "split.test=0.0001", "--set", "split.train=0.9499"))

@@ -1,0 +1,67 @@
+"""Generation and judge: an empty prompt, too many new tokens, a judge endpoint that hangs. The endpoint that
+refuses (HTTP 500, nothing listening) and the one that answers garbage are in test_judge.py, against
+`transformers serve`."""
+
+import socket
+import threading
+
+import pytest
+
+from llmpipe import cli, metric_modules
+from llmpipe.errors import UserError
+from tests.conftest import assert_refused
+
+
+def test_an_empty_prompt_is_refused(inside, capsys):
+    code = cli.main(["generate", "--model", "artifacts/pretrain", "--prompt", ""])
+    assert_refused(code, capsys.readouterr().err, "the prompt is empty")
+
+
+def test_more_new_tokens_than_the_context_holds_is_refused(inside, capsys):
+    code = cli.main(["generate", "--model", "artifacts/pretrain", "--prompt", "I had", "--max-new-tokens", "5000"])
+    assert_refused(code, capsys.readouterr().err, "5000", "512")
+
+
+def test_a_pretrain_sample_longer_than_the_context_is_refused_before_training(inside, capsys):
+    code = cli.main(["pretrain", "--set", "sample_max_new_tokens=600", "--restart"])
+    assert_refused(code, capsys.readouterr().err, "600", "512")
+
+
+def judge(base_url: str, **settings) -> dict:
+    return metric_modules.load("judge").compute(
+        predictions=["Red."], references=["Blue."], requests=["Name a colour."],
+        backend="openai", base_url=base_url, model="llama3", **{"max_retries": 0, **settings},
+    )
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A server that accepts connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    stop.set()
+    listener.close()
+
+
+def test_a_judge_that_times_out_is_named_with_the_fix(silent_endpoint):
+    with pytest.raises(UserError, match=rf"judge endpoint {silent_endpoint}/ did not answer .*fix judge.base_url"):
+        judge(silent_endpoint, timeout=0.5)  # the recipe's timeout, not the client's 10-minute default
+
+
+def test_a_judge_url_with_credentials_is_never_shown(silent_endpoint):
+    with_credentials = silent_endpoint.replace("http://", "http://user:s3cret@")
+    with pytest.raises(UserError) as refused:
+        judge(with_credentials, timeout=0.5)
+    assert "s3cret" not in str(refused.value) and silent_endpoint in str(refused.value)

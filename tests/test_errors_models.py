@@ -1,0 +1,39 @@
+"""Bad models: a folder without a model, a tokenizer from another run, checkpoints of another shape."""
+
+import json
+
+from llmpipe import cli
+from tests.conftest import assert_refused, outputs_snapshot, staging_leftovers
+
+
+def test_a_model_folder_without_a_model_is_named(inside, capsys, tmp_path):
+    assert_refused(cli.main(["generate", "--model", str(tmp_path), "--prompt", "Hi"]), capsys.readouterr().err,
+                   f"{tmp_path}: cannot load", "point to a folder a stage wrote")
+
+
+def test_a_stage_whose_base_is_not_a_model_names_it(inside, capsys, tmp_path):
+    before = outputs_snapshot(inside)
+    assert_refused(cli.main(["sft", "--base", str(tmp_path)]), capsys.readouterr().err, f"{tmp_path}: cannot load")
+    assert outputs_snapshot(inside) == before and not staging_leftovers(inside)
+
+
+def test_a_tokenizer_from_another_run_is_refused(inside, capsys, tmp_path, tiny_model, tokenizer):
+    tiny_model.save_pretrained(tmp_path)
+    bigger = type(tokenizer).from_pretrained("artifacts/tokenizer")  # the workspace's: 512 tokens, the model has fewer
+    bigger.save_pretrained(tmp_path)
+    assert_refused(cli.main(["generate", "--model", str(tmp_path), "--prompt", "Hi"]), capsys.readouterr().err,
+                   f"{tmp_path}: the tokenizer has 512 tokens but the model's vocabulary holds {tiny_model.config.vocab_size}")
+
+
+def test_checkpoints_of_another_shape_are_refused_and_kept(inside, capsys):
+    run_file = inside / "checkpoints/pretrain/llmpipe-run.json"
+    finished = json.loads(run_file.read_text())
+    run_file.write_text(json.dumps({**finished, "finished": False}))  # as if the workspace's pretrain had been killed
+    saved = sorted(p.name for p in run_file.parent.iterdir())
+    try:
+        code = cli.main(["pretrain", "--set", "model.n_embd=64"])
+    finally:
+        run_file.write_text(json.dumps(finished))
+    assert_refused(code, capsys.readouterr().err, "checkpoints/pretrain: holds checkpoints of an unfinished run",
+                   "recipe.model.n_embd: 32 there, 64 now", "--restart")
+    assert sorted(p.name for p in run_file.parent.iterdir()) == saved

@@ -1,0 +1,76 @@
+"""Bad recipes and params: the message names the file and key and says how to fix it; nothing is written."""
+
+import pytest
+import yaml
+
+from llmpipe import cli
+from tests.conftest import assert_refused, outputs_snapshot, sh, staging_leftovers
+
+CASES = {
+    "unknown key, closest suggested": (
+        ["pretrain", "--set", "training.learnig_rate=0.001"],
+        ["recipes/test/pretrain.yaml", "`training.learnig_rate`", "did you mean `training.learning_rate`"],
+    ),
+    "wrong type": (["pretrain", "--set", "model.n_layer=two"], ["recipes/test/pretrain.yaml", "model.n_layer"]),
+    "n_embd not divisible by n_head": (
+        ["pretrain", "--set", "model.n_embd=30", "--set", "model.n_head=4"],
+        ["`model.n_embd` (30) must be divisible by `model.n_head` (4)"],
+    ),
+    "context above n_positions": (
+        ["pretrain", "--set", "model.n_positions=16"],
+        ["the corpus blocks have 32 tokens but the model's n_positions is 16", "raise `model.n_positions`"],
+    ),
+    "negative learning rate": (
+        ["pretrain", "--set", "training.learning_rate=-0.001"],
+        ["recipes/test/pretrain.yaml", "`training.learning_rate` must be above 0 (got -0.001)"],
+    ),
+    "zero batch size": (
+        ["sft", "--set", "training.per_device_train_batch_size=0"],
+        ["recipes/test/sft.yaml", "`training.per_device_train_batch_size` must be above 0"],
+    ),
+    "vocabulary smaller than bytes + specials": (
+        ["tokenizer", "--set", "trainer.vocab_size=100"],
+        ["recipes/test/tokenizer.yaml", "`trainer.vocab_size` must be at least 257"],
+    ),
+    "missing recipe file": (["pretrain", "--recipe", "recipes/test/pretrian.yaml"], ["recipes/test/pretrian.yaml: file not found"]),
+    "not YAML": (["corpus", "--set", "stride"], ["--set 'stride': expected KEY=VALUE"]),
+}
+
+
+@pytest.mark.parametrize("argv, culprits", CASES.values(), ids=CASES.keys())
+def test_bad_recipe_value_is_named_and_nothing_is_written(inside, capsys, argv, culprits):
+    before = outputs_snapshot(inside)
+    assert_refused(cli.main(argv), capsys.readouterr().err, *culprits)
+    assert outputs_snapshot(inside) == before and not staging_leftovers(inside)
+
+
+def test_a_recipe_name_without_a_folder_is_named(inside, capsys, tmp_path):
+    params = yaml.safe_load((inside / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "recipe": "tinny"}))
+    code = cli.main(["corpus", "--params", str(tmp_path / "params.yaml")])
+    assert_refused(code, capsys.readouterr().err, "recipes/tinny/corpus.yaml: file not found", "`recipe:` name in params.yaml")
+
+
+def test_a_bad_params_key_is_named(inside, capsys, tmp_path):
+    params = yaml.safe_load((inside / "params.yaml").read_text())
+    params["mlflow"]["tracking_url"] = "x"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    code = cli.main(["corpus", "--params", str(tmp_path / "params.yaml")])
+    assert_refused(code, capsys.readouterr().err, "params.yaml", "`mlflow.tracking_url`", "did you mean `mlflow.tracking_uri`")
+
+
+def test_a_missing_accelerate_config_is_named_by_dvc_and_checkout_restores_the_outputs(repo):
+    params = (repo / "params.yaml").read_text()
+    uncached = {path: (repo / path).read_bytes() for path in ("metrics/pretrain.json", "plots/pretrain.csv")}
+    (repo / "params.yaml").write_text(params.replace("recipes/accelerate/cpu.yaml", "recipes/accelerate/cpu-typo.yaml"))
+    try:
+        result = sh(repo, "dvc", "repro", "-s", "pretrain", check=False)
+    finally:
+        (repo / "params.yaml").write_text(params)
+        for path, content in uncached.items():  # DVC removed them before failing; they are not in its cache
+            (repo / path).write_bytes(content)
+    assert result.returncode != 0 and "recipes/accelerate/cpu-typo.yaml" in result.stderr
+    assert "No such file or directory" in result.stderr
+    sh(repo, "dvc", "checkout")  # the last complete outputs come back from DVC's cache
+    assert (repo / "artifacts/pretrain/model.safetensors").is_file()
+    assert "pretrain" not in sh(repo, "dvc", "status").stdout

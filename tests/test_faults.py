@@ -1,0 +1,110 @@
+"""Faults: an interrupted or killed stage leaves the old outputs whole and the next run recovers; an MLflow
+server that does not answer is named before any training; a full disk leaves the previous artifact intact."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+from transformers import PreTrainedTokenizerFast
+
+from llmpipe import atomic, cli
+from tests.conftest import REPO, staging_leftovers
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def old_output(folder):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"old": true}')
+    return folder
+
+
+def test_sigint_during_training_keeps_the_old_output_and_the_next_run_resumes(workspace, tmp_path):
+    out, ck = old_output(tmp_path / "pretrain"), tmp_path / "checkpoints"
+    argv = [sys.executable, "-m", "llmpipe", "pretrain", "--output", str(out), "--checkpoints", str(ck),
+            "--metrics", str(tmp_path / "m.json"), "--plots", str(tmp_path / "p.csv"),
+            "--set", "training.max_steps=300", "--set", "training.eval_steps=300"]
+    run = subprocess.Popen(argv, cwd=workspace, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (ck / "checkpoint-15" / "trainer_state.json").is_file():
+        assert run.poll() is None and time.monotonic() < deadline, "pretrain ended before its first checkpoint"
+        time.sleep(0.01)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130 and "interrupted; outputs left as they were" in err and "Traceback" not in err
+    assert (out / "config.json").read_text() == '{"old": true}' and not (tmp_path / "m.json").exists()
+    assert not staging_leftovers(tmp_path)
+
+    resumed = subprocess.run(argv, cwd=workspace, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from {ck}/checkpoint-" in resumed.stdout
+    assert (out / "model.safetensors").is_file() and not staging_leftovers(tmp_path)
+
+
+def test_sigkill_while_writing_leaves_the_old_output_and_the_next_write_clears_the_leftovers(tmp_path):
+    target = old_output(tmp_path / "artifact")
+    script = (
+        "import os, signal, sys\nfrom llmpipe import atomic\n"
+        "with atomic.directory(sys.argv[1]) as staging:\n"
+        "    (staging / 'config.json').write_text('half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, str(target)], env=ENV)
+    assert killed.returncode == -signal.SIGKILL
+    assert (target / "config.json").read_text() == '{"old": true}' and staging_leftovers(tmp_path)
+    with atomic.directory(target) as staging:
+        (staging / "config.json").write_text('{"new": true}')
+    assert (target / "config.json").read_text() == '{"new": true}' and not staging_leftovers(tmp_path)
+
+
+def tracking_to(workspace, tmp_path, uri: str, unreachable: str) -> str:
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["mlflow"] |= {"enabled": True, "tracking_uri": uri, "unreachable": unreachable}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return str(tmp_path / "params.yaml")
+
+
+def dead_server() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_an_mlflow_server_that_does_not_answer_stops_the_stage_at_once(workspace, tmp_path):
+    uri = dead_server()
+    out = old_output(tmp_path / "tokenizer")
+    argv = [sys.executable, "-m", "llmpipe", "tokenizer", "--params", tracking_to(workspace, tmp_path, uri, "fail"),
+            "--output", str(out), "--metrics", str(tmp_path / "m.json")]
+    result = subprocess.run(argv, cwd=workspace, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"MLflow tracking server {uri} does not answer" in result.stderr and "`mlflow.unreachable: local`" in result.stderr
+    assert (out / "config.json").read_text() == '{"old": true}' and not staging_leftovers(tmp_path)
+
+
+def test_unreachable_local_logs_to_the_local_store_instead(workspace, tmp_path):
+    argv = [sys.executable, "-m", "llmpipe", "tokenizer", "--params", tracking_to(workspace, tmp_path, dead_server(), "local"),
+            "--output", str(tmp_path / "tokenizer"), "--metrics", str(tmp_path / "m.json")]
+    (workspace / "mlflow.db").unlink(missing_ok=True)
+    result = subprocess.run(argv, cwd=workspace, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"does not answer (ConnectionError); logging to sqlite:///{workspace / 'mlflow.db'} instead" in result.stdout
+    assert (workspace / "mlflow.db").is_file() and (tmp_path / "tokenizer/tokenizer.json").is_file()
+
+
+def test_a_full_disk_while_saving_is_named_and_the_previous_artifact_is_intact(inside, tmp_path, monkeypatch, capsys):
+    def no_space(self, folder, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", f"{folder}/tokenizer.json")
+
+    monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", no_space)
+    out = old_output(tmp_path / "tokenizer")
+    code = cli.main(["tokenizer", "--output", str(out), "--metrics", str(tmp_path / "m.json")])
+    err = capsys.readouterr().err
+    assert code == 28 and "no space left on the device while writing" in err and "tokenizer.json" in err
+    assert "previous outputs are intact" in err and "Traceback" not in err
+    assert (out / "config.json").read_text() == '{"old": true}' and not staging_leftovers(tmp_path)

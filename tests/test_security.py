@@ -1,0 +1,84 @@
+"""Security: weights load from safetensors only, remote code never runs, pickles are refused unread, no
+secret reaches a file the pipeline writes, servers listen on 127.0.0.1."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from llmpipe import artifacts, cli
+from llmpipe.errors import UserError
+from tests.conftest import FAKE_SECRET, REPO, assert_refused
+
+
+class Payload:
+    """A pickle that would create `marker` if anything unpickled it fully."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_folder_with_only_pickled_weights_is_refused(tiny_model, tokenizer, tmp_path):
+    tiny_model.config.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    torch.save(tiny_model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(UserError, match=rf"{tmp_path}: cannot load .*safetensors"):
+        artifacts.load_causal_lm(tmp_path)
+
+
+def test_remote_code_in_a_model_folder_never_runs(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    marker = tmp_path / "ran"
+    (tmp_path / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel", "AutoConfig": "modeling_evil.EvilConfig"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert type(artifacts.load_causal_lm(tmp_path)).__name__ == "GPT2LMHeadModel"  # the stock class, not the folder's
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "evil-gpt"}))
+    with pytest.raises(UserError, match=str(tmp_path)):  # a type only the folder's code knows: refused
+        artifacts.load_causal_lm(tmp_path)
+    assert not marker.exists()
+    sources = "\n".join(path.read_text() for path in (REPO / "llmpipe").rglob("*.py"))
+    assert not re.search(r"trust_remote_code\s*=\s*True", sources)
+
+
+def test_a_checkpoint_holding_a_pickle_is_refused_unread(inside, capsys, tmp_path):
+    checkpoint = sorted((inside / "checkpoints/pretrain").glob("checkpoint-*"))[-1]
+    run_file = inside / "checkpoints/pretrain/llmpipe-run.json"
+    finished = run_file.read_text()
+    backup = tmp_path / "optimizer.pt"
+    shutil.copy(checkpoint / "optimizer.pt", backup)
+    marker = tmp_path / "unpickled"
+    torch.save(Payload(marker), checkpoint / "optimizer.pt")  # torch.save pickles whatever it is given
+    run_file.write_text(json.dumps({**json.loads(finished), "finished": False}))
+    try:
+        code = cli.main(["pretrain"])
+    finally:
+        run_file.write_text(finished)
+        shutil.copy(backup, checkpoint / "optimizer.pt")
+    assert_refused(code, capsys.readouterr().err, f"{checkpoint.relative_to(inside)}: holds a pickle", "--restart")
+    assert not marker.exists()
+
+
+def test_no_secret_reaches_any_file_the_pipeline_wrote_or_its_mlflow_store(repo):
+    """The pipeline ran with HF_TOKEN and OPENAI_API_KEY set to FAKE_SECRET (tests/conftest.py `sh`)."""
+    scanned = 0
+    for path in repo.rglob("*"):
+        assert FAKE_SECRET not in str(path)
+        if path.is_file() and ".git" not in path.relative_to(repo).parts:
+            assert FAKE_SECRET.encode() not in path.read_bytes(), path
+            scanned += 1
+    assert (repo / "mlflow.db").is_file() and any((repo / "mlruns").rglob("model.safetensors")) and scanned > 100
+
+
+def test_the_mlflow_ui_listens_on_localhost_only():
+    recipe = subprocess.run(["make", "-n", "ui"], cwd=REPO, capture_output=True, text=True).stdout
+    assert "--host 127.0.0.1" in recipe
+    sources = [*(REPO / "llmpipe").rglob("*.py"), REPO / "Makefile", *(REPO / "tests").rglob("*.py")]
+    assert not any("0.0.0.0" in path.read_text() for path in sources if path.name != "test_security.py")
