@@ -9,7 +9,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from llmpipe import redact
+from llmpipe import instructions, redact
+from llmpipe.config import flatten
 from llmpipe.errors import UserError
 
 SOURCES_FILE = Path("data/SOURCES.md")
@@ -61,14 +62,15 @@ class CardFacts:
 
 def facts(job, artifact: str, metrics: dict[str, Any], base_model: str | None = None) -> CardFacts:
     """The facts of `job` (a `stage.Stage`) about the artifact it saved."""
-    from llmpipe.config import flatten
-
     params = job.params
     files = {"text": params.data.files, "spam": [params.classify_data], "instructions": [params.instruction_data]}
     return CardFacts(
         artifact=artifact,
         recipe=job.recipe_path.parent.name,
-        settings={key: redact.url(value) if isinstance(value, str) else value for key, value in flatten(job.recipe).items() if value is not None},
+        settings={
+            key: redact.url(value) if isinstance(value, str) else value
+            for key, value in flatten(job.recipe).items() if value is not None
+        },
         metrics={key: value for key, value in metrics.items() if isinstance(value, (int, float, str))},
         data=[path for name in KINDS[artifact].data for path in files[name]],
         hub_data=[dataset.path for dataset in params.data.hub],
@@ -155,8 +157,6 @@ def usage(artifact: str, model_id: str, prompt_format: str = "alpaca") -> str:
 
 
 def instruction_prompt(prompt_format: str) -> str:
-    from llmpipe import instructions
-
     if prompt_format == "alpaca":
         return instructions.alpaca_prompt(EXAMPLE_INSTRUCTION)
     return EXAMPLE_INSTRUCTION["instruction"]  # chat: a plain request (the pipeline's chat template wraps messages)

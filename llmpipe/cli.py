@@ -21,6 +21,15 @@ COMMANDS = {
 }
 
 
+def no_space(err: BaseException | None) -> OSError | None:
+    """The out-of-space OSError in `err`'s chain of causes, if there is one."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     top = argparse.ArgumentParser(prog="llmpipe", description="The LLMs-from-scratch journey as a reproducible HF pipeline.")
@@ -41,13 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmpipe {name}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"llmpipe {name}: interrupted; outputs left as they were", file=sys.stderr)
+        print(f"\nllmpipe {name}: interrupted; outputs left as they were", file=sys.stderr)
         return 130
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as err:  # a full disk surfaces wrapped by the library that was writing (datasets, ...)
+        full = no_space(err)
+        if full is None:
             raise
         print(
-            f"llmpipe {name}: error: no space left on the device while writing {err.filename or 'an output'}; "
+            f"llmpipe {name}: error: no space left on the device while writing {full.filename or 'an output'}; "
             "free some space and run it again (the previous outputs are intact)",
             file=sys.stderr,
         )

@@ -17,6 +17,10 @@ def decoding(
     top_p: float | None = None,
 ) -> GenerationConfig:
     """temperature 0 means greedy, as in the book; otherwise sample from the scaled, filtered distribution."""
+    if top_k is not None and top_k < 1:
+        raise UserError(f"top_k must be at least 1 (got {top_k}); leave it unset to sample from every token")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"top_p must be in (0, 1] (got {top_p}): the share of probability mass to sample from")
     sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p}
     return GenerationConfig(
         max_new_tokens=max_new_tokens,

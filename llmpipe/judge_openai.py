@@ -50,10 +50,23 @@ class OpenAIJudge:
         except openai.APIConnectionError as err:
             raise UserError(
                 f"judge endpoint {self.base_url} did not answer ({_first_line(str(err))}) after "
-                f"{self.settings.max_retries} retries; start the server (e.g. `ollama serve`) or fix judge.base_url"
+                f"{self.settings.max_retries} retries; start the server (e.g. `ollama serve`), fix judge.base_url, "
+                f"or raise judge.timeout ({self.settings.timeout:g} s)"
             ) from None
-        answer = reply.choices[0].message.content
+        except (openai.APIResponseValidationError, ValueError) as err:
+            raise _not_a_completion(self.base_url, err) from None
+        try:
+            answer = reply.choices[0].message.content
+        except (AttributeError, TypeError, IndexError) as err:
+            raise _not_a_completion(self.base_url, err) from None
         return judge.Verdict(score=parse_score(answer), detail={"answer": answer})
+
+
+def _not_a_completion(base_url: str, err: Exception) -> UserError:
+    return UserError(
+        f"judge endpoint {base_url} answered with something that is not an OpenAI chat completion "
+        f"({type(err).__name__}); check that judge.base_url is the server's OpenAI-compatible API (often ending in /v1)"
+    )
 
 
 def _first_line(text: str) -> str:

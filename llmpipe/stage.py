@@ -132,6 +132,9 @@ def training_arguments(cls: type, settings: dict, checkpoints: str, job: Stage, 
     """`TrainingArguments` (or a subclass such as TRL's `SFTConfig`) from the recipe's `training`
     section; llmpipe owns where checkpoints go and where metrics are reported."""
     reject_owned(settings, ("output_dir", "report_to"), f"{job.recipe_path}: `training", "--checkpoints and params.yaml mlflow")
+    # pushing is `llmpipe push`'s job; a token in a recipe would land in cards, MLflow and checkpoints
+    reject_owned(settings, tuple(key for key in settings if key.startswith("hub_") or key == "push_to_hub"),
+                 f"{job.recipe_path}: `training", "`llmpipe push` and params.yaml hub (tokens come from HF_TOKEN)")
     defaults = {
         "dataloader_pin_memory": torch.cuda.is_available(),  # pinning is for GPU copies
         # without it, processes launched on a machine with no GPU each believe they are the only one
@@ -142,6 +145,8 @@ def training_arguments(cls: type, settings: dict, checkpoints: str, job: Stage, 
     for key in POSITIVE_SETTINGS:
         if key in settings and isinstance(settings[key], (int, float)) and settings[key] <= 0:
             raise UserError(f"{job.recipe_path}: `training.{key}` must be above 0 (got {settings[key]})")
+    if settings.get("max_steps", -1) <= 0 and settings.get("num_train_epochs", 3) <= 0:
+        raise UserError(f"{job.recipe_path}: `training` trains for no steps: set `max_steps` or `num_train_epochs` above 0")
     try:
         return cls(**{**defaults, **settings}, output_dir=checkpoints, report_to=job.tracker.report_to)
     except ValueError as err:

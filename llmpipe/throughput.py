@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 
+from llmpipe import atomic
+
 # Dense bf16 tensor-core peaks from the vendors' datasheets, FLOP/s; the first name found in
 # torch.cuda.get_device_name() wins, so a specific name precedes a shorter one it contains.
 GPU_PEAKS = [
@@ -51,11 +53,13 @@ def device_peak(device: torch.device) -> tuple[float | None, str]:
         name = torch.cuda.get_device_name(device)
         return gpu_peak(name), f"{name} datasheet bf16 dense"
     key = f"{platform.processor() or platform.machine()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
-    cache = json.loads(CPU_PEAK_CACHE.read_text()) if CPU_PEAK_CACHE.is_file() else {}
+    try:
+        cache = json.loads(CPU_PEAK_CACHE.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: measure again
+        cache = {}
     if key not in cache:
         cache[key] = cpu_matmul_peak()
-        CPU_PEAK_CACHE.parent.mkdir(parents=True, exist_ok=True)
-        CPU_PEAK_CACHE.write_text(json.dumps(cache, indent=2))
+        atomic.write_json(CPU_PEAK_CACHE, cache)
     return cache[key], f"measured fp32 matmul, {torch.get_num_threads()} threads"
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from llmpipe import redact
+from llmpipe import artifacts, redact
 from llmpipe.config import flatten
 from llmpipe.errors import UserError
 from llmpipe.params import MlflowParams
@@ -50,8 +50,10 @@ def answering_uri(settings: MlflowParams) -> str:
     import requests
 
     try:
-        requests.get(uri.rstrip("/") + "/health", timeout=5)
-        return uri
+        status = requests.get(uri.rstrip("/") + "/health", timeout=5).status_code
+        if status < 400 or status in (401, 403):  # it answers (credentials are MLflow's business)
+            return uri
+        reason = f"HTTP {status} at /health: is it an MLflow server?"
     except requests.RequestException as err:
         reason = type(err).__name__
     local = f"sqlite:///{repo_root() / 'mlflow.db'}"
@@ -118,11 +120,18 @@ class StageRun:
             return self
         import mlflow
 
-        mlflow.set_tracking_uri(answering_uri(self.settings))
-        experiment = mlflow.get_experiment_by_name(self.settings.experiment_name)
-        if experiment is None:  # artifacts beside the store, wherever the first stage ran from
-            mlflow.create_experiment(self.settings.experiment_name, artifact_location=(repo_root() / "mlruns").as_uri())
-        experiment = mlflow.set_experiment(self.settings.experiment_name)
+        uri = answering_uri(self.settings)
+        mlflow.set_tracking_uri(uri)
+        try:
+            experiment = mlflow.get_experiment_by_name(self.settings.experiment_name)
+            if experiment is None:  # artifacts beside the store, wherever the first stage ran from
+                mlflow.create_experiment(self.settings.experiment_name, artifact_location=(repo_root() / "mlruns").as_uri())
+            experiment = mlflow.set_experiment(self.settings.experiment_name)
+        except mlflow.exceptions.MlflowException as err:
+            raise UserError(
+                f"MLflow at {redact.url(uri)} refused the experiment `{self.settings.experiment_name}` "
+                f"({str(err).splitlines()[0][:200]}); check mlflow.tracking_uri, or `mlflow.enabled: false`"
+            ) from None
         tags = {"llmpipe.stage": self.stage, "llmpipe.recipe": self.recipe}
         if commit := _git_commit():
             tags["mlflow.source.git.commit"] = commit
@@ -176,8 +185,6 @@ class StageRun:
         if not (self._mlflow and self.settings.log_models):
             return
         import mlflow.transformers
-
-        from llmpipe import artifacts
 
         model = artifacts.load_for_task(folder, task, adapter_base)
         by_reference = {"base_model_path": str(Path(adapter_base).resolve())} if adapter_base and Path(adapter_base).is_dir() else {}

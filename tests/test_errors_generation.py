@@ -2,6 +2,7 @@
 refuses (HTTP 500, nothing listening) and the one that answers garbage are in test_judge.py, against
 `transformers serve`."""
 
+import http.server
 import socket
 import threading
 
@@ -25,6 +26,12 @@ def test_more_new_tokens_than_the_context_holds_is_refused(inside, capsys):
 def test_a_pretrain_sample_longer_than_the_context_is_refused_before_training(inside, capsys):
     code = cli.main(["pretrain", "--set", "sample_max_new_tokens=600", "--restart"])
     assert_refused(code, capsys.readouterr().err, "600", "512")
+
+
+def test_impossible_sampling_filters_are_refused(inside, capsys):
+    for option, value, culprit in (("--top-k", "0", "top_k must be at least 1"), ("--top-p", "1.5", "top_p must be in (0, 1]")):
+        code = cli.main(["generate", "--model", "artifacts/pretrain", "--prompt", "I had", "--temperature", "1", option, value])
+        assert_refused(code, capsys.readouterr().err, culprit)
 
 
 def judge(base_url: str, **settings) -> dict:
@@ -58,6 +65,33 @@ def silent_endpoint():
 def test_a_judge_that_times_out_is_named_with_the_fix(silent_endpoint):
     with pytest.raises(UserError, match=rf"judge endpoint {silent_endpoint}/ did not answer .*fix judge.base_url"):
         judge(silent_endpoint, timeout=0.5)  # the recipe's timeout, not the client's 10-minute default
+
+
+@pytest.fixture
+def babbling_endpoint():
+    """A server that answers every request with 200 and a web page."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = b"<html>It works!</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_a_judge_answering_garbage_http_is_named(babbling_endpoint):
+    with pytest.raises(UserError, match=rf"judge endpoint {babbling_endpoint}/ answered with something that is not an OpenAI"):
+        judge(babbling_endpoint)
 
 
 def test_a_judge_url_with_credentials_is_never_shown(silent_endpoint):

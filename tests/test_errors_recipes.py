@@ -28,6 +28,14 @@ CASES = {
         ["sft", "--set", "training.per_device_train_batch_size=0"],
         ["recipes/test/sft.yaml", "`training.per_device_train_batch_size` must be above 0"],
     ),
+    "a Hub token in a recipe": (
+        ["pretrain", "--set", "training.hub_token=hf_secret"],
+        ["recipes/test/pretrain.yaml: `training.hub_token` is set by llmpipe from `llmpipe push`", "remove it"],
+    ),
+    "no training steps": (
+        ["sft", "--set", "training.max_steps=0", "--set", "training.num_train_epochs=0"],
+        ["recipes/test/sft.yaml: `training` trains for no steps"],
+    ),
     "vocabulary smaller than bytes + specials": (
         ["tokenizer", "--set", "trainer.vocab_size=100"],
         ["recipes/test/tokenizer.yaml", "`trainer.vocab_size` must be at least 257"],

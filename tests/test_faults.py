@@ -87,6 +87,23 @@ def test_an_mlflow_server_that_does_not_answer_stops_the_stage_at_once(workspace
     assert (out / "config.json").read_text() == '{"old": true}' and not staging_leftovers(tmp_path)
 
 
+def test_a_server_that_is_not_mlflow_is_named(workspace, tmp_path):
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)  # 404 at /health
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        argv = [sys.executable, "-m", "llmpipe", "tokenizer", "--params", tracking_to(workspace, tmp_path, uri, "fail"),
+                "--output", str(tmp_path / "tokenizer"), "--metrics", str(tmp_path / "m.json")]
+        result = subprocess.run(argv, cwd=workspace, env=ENV, capture_output=True, text=True, timeout=300)
+    finally:
+        server.shutdown()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"MLflow tracking server {uri} does not answer (HTTP 404 at /health: is it an MLflow server?)" in result.stderr
+
+
 def test_unreachable_local_logs_to_the_local_store_instead(workspace, tmp_path):
     argv = [sys.executable, "-m", "llmpipe", "tokenizer", "--params", tracking_to(workspace, tmp_path, dead_server(), "local"),
             "--output", str(tmp_path / "tokenizer"), "--metrics", str(tmp_path / "m.json")]
@@ -99,7 +116,10 @@ def test_unreachable_local_logs_to_the_local_store_instead(workspace, tmp_path):
 
 def test_a_full_disk_while_saving_is_named_and_the_previous_artifact_is_intact(inside, tmp_path, monkeypatch, capsys):
     def no_space(self, folder, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", f"{folder}/tokenizer.json")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", f"{folder}/tokenizer.json")
+        except OSError as err:  # libraries often wrap it (datasets' DatasetGenerationError, ...)
+            raise RuntimeError("saving failed") from err
 
     monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", no_space)
     out = old_output(tmp_path / "tokenizer")

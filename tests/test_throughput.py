@@ -42,6 +42,8 @@ def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert throughput.device_peak(torch.device("cpu"))[0] == 1e11
     assert throughput.device_peak(torch.device("cpu"))[0] == 1e11
     assert calls == [1]
+    (tmp_path / "peak.json").write_text('{"truncated')  # a cache cut short (killed mid-write, disk full)
+    assert throughput.device_peak(torch.device("cpu"))[0] == 1e11 and calls == [1, 1]
 
 
 def test_callback_counts_the_timed_steps_tokens_only(tmp_path, monkeypatch):
