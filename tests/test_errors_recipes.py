@@ -32,6 +32,10 @@ CASES = {
         ["pretrain", "--set", "training.hub_token=hf_secret"],
         ["recipes/test/pretrain.yaml: `training.hub_token` is set by llmpipe from `llmpipe push`", "remove it"],
     ),
+    "remote code switched on": (
+        ["sft", "--set", "training.trust_remote_code=true"],
+        ["recipes/test/sft.yaml: `training.trust_remote_code` is set by llmpipe", "never runs"],
+    ),
     "no training steps": (
         ["sft", "--set", "training.max_steps=0", "--set", "training.num_train_epochs=0"],
         ["recipes/test/sft.yaml: `training` trains for no steps"],

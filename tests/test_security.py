@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from llmpipe import artifacts, cli
+from llmpipe import artifacts, cli, redact
 from llmpipe.errors import UserError
 from tests.conftest import FAKE_SECRET, REPO, assert_refused
 
@@ -75,6 +75,12 @@ def test_no_secret_reaches_any_file_the_pipeline_wrote_or_its_mlflow_store(repo)
             assert FAKE_SECRET.encode() not in path.read_bytes(), path
             scanned += 1
     assert (repo / "mlflow.db").is_file() and any((repo / "mlruns").rglob("model.safetensors")) and scanned > 100
+
+
+def test_credentials_in_urls_are_redacted():
+    assert redact.url("http://user:pw@host:8080/v1?api-key=k1&model=x") == "http://host:8080/v1?api-key=***&model=x"
+    assert redact.url("https://host/v1?token=t&sig=s") == "https://host/v1?token=***&sig=***"
+    assert redact.url("hf:artifacts/sft") == "hf:artifacts/sft" and redact.url("self") == "self"
 
 
 def test_the_mlflow_ui_listens_on_localhost_only():
