@@ -186,6 +186,7 @@ class StageRun:
             return
         import mlflow.transformers
 
+        folder = Path(folder).resolve()  # a relative name such as artifacts/sft looks like a Hub id: MLflow would query the Hub
         model = artifacts.load_for_task(folder, task, adapter_base)
         by_reference = {"base_model_path": str(Path(adapter_base).resolve())} if adapter_base and Path(adapter_base).is_dir() else {}
         info = mlflow.transformers.log_model(
