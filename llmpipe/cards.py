@@ -9,7 +9,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from llmpipe import instructions, redact
+from llmpipe import instructions, redact, throughput
 from llmpipe.config import flatten
 from llmpipe.errors import UserError
 
@@ -34,6 +34,9 @@ KINDS = {
     "lora": Kind("LoRA adapter for instruction following (book appendix E)", "text-generation", "peft", ("text", "instructions")),
     "lora-merged": Kind("GPT-2 with its LoRA adapter merged in (book appendix E)", "text-generation", "transformers", ("text", "instructions")),
 }
+
+# Timings vary from run to run: in the card they would make every run's folder differ (DVC, the Hub)
+TIMINGS = {*throughput.MEASURED, "train_seconds", "seconds"}
 
 EXAMPLE_INSTRUCTION = {"instruction": "Give a synonym for 'happy'.", "input": ""}
 
@@ -71,7 +74,7 @@ def facts(job, artifact: str, metrics: dict[str, Any], base_model: str | None = 
             key: redact.url(value) if isinstance(value, str) else value
             for key, value in flatten(job.recipe).items() if value is not None
         },
-        metrics={key: value for key, value in metrics.items() if isinstance(value, (int, float, str))},
+        metrics={key: value for key, value in metrics.items() if isinstance(value, (int, float, str)) and key not in TIMINGS},
         data=[path for name in KINDS[artifact].data for path in files[name]],
         hub_data=[dataset.path for dataset in params.data.hub],
         base_model=base_model,

@@ -136,6 +136,13 @@ class Throughput(TrainerCallback):
         return metrics
 
 
+# what `Throughput.summary` measures: properties of the machine and the run, not of the model
+MEASURED = (
+    "tokens_per_second", "train_step_seconds", "achieved_tflops_per_device", "peak_memory_gb", "mfu",
+    "device_peak_tflops", "device_peak_source",
+)
+
+
 def mfu_text(metrics: dict) -> str:
     """", MFU 12.3%" for a stage's summary line, or nothing where the device's peak is unknown."""
     return f", MFU {metrics['mfu']:.1%}" if "mfu" in metrics else ""

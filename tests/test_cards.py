@@ -71,3 +71,18 @@ def test_usage_snippet_runs_on_the_saved_folder(tmp_path, tiny_model, tokenizer)
     result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("Every effort moves you")
+
+
+def test_card_facts_leave_timings_out_so_a_rerun_writes_the_same_card():
+    from types import SimpleNamespace
+
+    from llmpipe import params
+    from llmpipe.stages.pretrain import PretrainRecipe
+    from tests.conftest import REPO
+
+    job = SimpleNamespace(params=params.load(REPO / "params.yaml"), recipe_path=REPO / "recipes/tiny/pretrain.yaml",
+                          recipe=PretrainRecipe(training={"learning_rate": 0.003}))
+    made = cards.facts(job, "pretrain", {**METRICS, "mfu": 0.55, "train_step_seconds": 150.0, "device_peak_source": "cpu"})
+    assert made.metrics == {"val_loss": 4.25, "val_perplexity": 70.1, "initial_val_loss": 7.6}
+    assert made.recipe == "tiny" and made.settings["training.learning_rate"] == 0.003
+    assert made.data == ["data/text/tinyshakespeare.txt"]
