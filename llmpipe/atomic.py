@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import psutil
+
 
 def _umask() -> int:
     current = os.umask(0)
@@ -15,9 +17,18 @@ def _umask() -> int:
     return current
 
 
+def _prefix(target: Path, kind: str) -> str:
+    """Staging names carry the writer's PID, so a leftover is told from another live writer's file."""
+    return f".{target.name}.{kind}-{os.getpid()}-"
+
+
 def _clear_leftovers(target: Path, kinds: tuple[str, ...] = ("tmp", "old")) -> None:
-    """Staging paths of `target` from a run that was killed (SIGKILL leaves no chance to clean up)."""
+    """Staging paths of `target` whose writer is gone: a run that was killed (SIGKILL leaves no chance to
+    clean up). Another process writing the same target at the same time keeps its own."""
     for leftover in [path for kind in kinds for path in target.parent.glob(f".{target.name}.{kind}-*")]:
+        pid = leftover.name.removeprefix(f".{target.name}.").split("-")[1]
+        if pid.isdigit() and psutil.pid_exists(int(pid)):
+            continue
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
@@ -30,7 +41,7 @@ def directory(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _clear_leftovers(target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=_prefix(target, "tmp"), dir=target.parent))
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes it owner-only; the output should not be
     try:
         yield staging
@@ -39,7 +50,7 @@ def directory(target: str | Path) -> Iterator[Path]:
         raise
     if target.exists():
         # rename(2) cannot replace a non-empty folder: move the old one aside first, then drop it.
-        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        retired = Path(tempfile.mkdtemp(prefix=_prefix(target, "old"), dir=target.parent))
         os.replace(target, retired / target.name)
         os.replace(staging, target)
         shutil.rmtree(retired, ignore_errors=True)
@@ -54,7 +65,7 @@ def scratch(beside: str | Path) -> Iterator[Path]:
     target = Path(beside)
     target.parent.mkdir(parents=True, exist_ok=True)
     _clear_leftovers(target, ("work",))
-    with tempfile.TemporaryDirectory(prefix=f".{target.name}.work-", dir=target.parent) as folder:
+    with tempfile.TemporaryDirectory(prefix=_prefix(target, "work"), dir=target.parent) as folder:
         yield Path(folder)
 
 
@@ -62,7 +73,7 @@ def write_text(target: str | Path, text: str) -> None:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _clear_leftovers(target)
-    fd, staging = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    fd, staging = tempfile.mkstemp(prefix=_prefix(target, "tmp"), dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)

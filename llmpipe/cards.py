@@ -70,10 +70,7 @@ def facts(job, artifact: str, metrics: dict[str, Any], base_model: str | None = 
     return CardFacts(
         artifact=artifact,
         recipe=job.recipe_path.parent.name,
-        settings={
-            key: redact.url(value) if isinstance(value, str) else value
-            for key, value in flatten(job.recipe).items() if value is not None
-        },
+        settings={key: redact.value(value) for key, value in flatten(job.recipe).items() if value is not None},
         metrics={key: value for key, value in metrics.items() if isinstance(value, (int, float, str)) and key not in TIMINGS},
         data=[path for name in KINDS[artifact].data for path in files[name]],
         hub_data=[dataset.path for dataset in params.data.hub],
@@ -141,28 +138,40 @@ def usage(artifact: str, model_id: str, prompt_format: str = "alpaca") -> str:
             f"classifier = pipeline(\"text-classification\", model={model_id!r})\n"
             'print(classifier("You are a winner! Reply WIN now to claim your free prize."))\n'
         )
-    prompt = instruction_prompt(prompt_format) if artifact != "pretrain" else "Every effort moves you"
+    chat = artifact != "pretrain" and prompt_format == "chat"  # messages: the tokenizer's chat template applies
+    if artifact == "pretrain":
+        prompt: str | list = "Every effort moves you"
+    else:
+        prompt = [{"role": "user", "content": EXAMPLE_INSTRUCTION["instruction"]}] if chat else instructions.alpaca_prompt(EXAMPLE_INSTRUCTION)
     if artifact == "lora":
+        encode = (
+            f"tokenizer.apply_chat_template({prompt!r}, add_generation_prompt=True, return_tensors=\"pt\", return_dict=True)"
+            if chat else f"tokenizer({prompt!r}, return_tensors=\"pt\")"
+        )
         return (
             "from peft import AutoPeftModelForCausalLM\n"
             "from transformers import AutoTokenizer\n\n"
             f"model = AutoPeftModelForCausalLM.from_pretrained({model_id!r})  # the base model named in adapter_config.json\n"
             f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})\n"
-            f"inputs = tokenizer({prompt!r}, return_tensors=\"pt\")\n"
+            f"inputs = {encode}\n"
             "output = model.generate(**inputs, max_new_tokens=20, do_sample=False)\n"
             'print(tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))\n'
         )
+    answer = '[0]["generated_text"][-1]["content"]' if chat else '[0]["generated_text"]'
     return (
         "from transformers import pipeline\n\n"
         f"generator = pipeline(\"text-generation\", model={model_id!r})\n"
-        f"print(generator({prompt!r}, max_new_tokens=20, do_sample=False)[0][\"generated_text\"])\n"
+        f"print(generator({prompt!r}, max_new_tokens=20, do_sample=False){answer})\n"
     )
 
 
-def instruction_prompt(prompt_format: str) -> str:
-    if prompt_format == "alpaca":
-        return instructions.alpaca_prompt(EXAMPLE_INSTRUCTION)
-    return EXAMPLE_INSTRUCTION["instruction"]  # chat: a plain request (the pipeline's chat template wraps messages)
+def title(facts: CardFacts) -> str:
+    """What the artifact is; one that started from other weights (`init_from`) says so."""
+    if facts.base_model and facts.artifact == "tokenizer":
+        return f"the tokenizer of {facts.base_model}, taken as is (book ch2)"
+    if facts.base_model and facts.artifact == "pretrain":
+        return f"GPT-2 continued from the weights of {facts.base_model} (book ch5.5, appendix D)"
+    return KINDS[facts.artifact].title
 
 
 def _table(header: tuple[str, str], rows: list[tuple[Any, Any]]) -> str:
@@ -198,7 +207,7 @@ def model_card(
     )
     stage = facts.artifact.split("-")[0]
     sections = [
-        f"# {Path(model_id).name}\n\nMade by the `{stage}` stage of llmpipe (recipe `{facts.recipe}`): {kind.title}.",
+        f"# {Path(model_id).name}\n\nMade by the `{stage}` stage of llmpipe (recipe `{facts.recipe}`): {title(facts)}.",
         f"## Usage\n\n```python\n{usage(facts.artifact, model_id, facts.prompt_format)}```",
     ]
     if base:
@@ -208,8 +217,9 @@ def model_card(
         judged = [r.metric_config for r in results if r.metric_config]
         note = f"\n\nJudged by {judged[0]}." if judged else ""
         sections.append("## Evaluation\n\n" + _table(("Metric", "Value"), rows) + note)
-    sources = [(f"`{s.path}`", f"{s.origin}; license: {s.license}") for s in data_sources(facts.data)]
-    sources += [(f"`{d}` (Hugging Face Hub)", "see the data set's card") for d in facts.hub_data]
+    copied = facts.artifact == "tokenizer" and facts.base_model  # taken as is: trained on nothing here
+    sources = [] if copied else [(f"`{s.path}`", f"{s.origin}; license: {s.license}") for s in data_sources(facts.data)]
+    sources += [] if copied else [(f"`{d}` (Hugging Face Hub)", "see the data set's card") for d in facts.hub_data]
     if sources:
         sections.append("## Training data\n\n" + _table(("Data", "Source and license"), sources))
     if facts.settings:
@@ -229,6 +239,8 @@ def load_facts(folder: str | Path) -> CardFacts:
     if not path.is_file():
         raise UserError(f"{path}: no model card; this folder was not written by an llmpipe stage (run `dvc repro`)")
     recorded = ModelCard.load(path).data.to_dict().get("llmpipe")
-    if not isinstance(recorded, dict):
-        raise UserError(f"{path}: the card has no `llmpipe` metadata; run the stage again (`dvc repro -f -s STAGE`)")
-    return CardFacts(**recorded)
+    try:
+        return CardFacts(**recorded)
+    except TypeError:  # none, or written by another llmpipe version
+        raise UserError(f"{path}: the card has no `llmpipe` metadata this version reads; run the stage again "
+                        "(`dvc repro -f -s STAGE`)") from None

@@ -6,10 +6,9 @@ or `hf auth login`): llmpipe never reads, prints or logs it."""
 
 import argparse
 import json
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
+import requests
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
@@ -47,6 +46,8 @@ def hub_base(facts: cards.CardFacts, args: argparse.Namespace, hub: pipeline_par
     if args.base_model or not facts.base_model:
         return args.base_model
     base = Path(facts.base_model)
+    if not base.is_absolute():  # the stage ran in the repository that holds --artifacts
+        base = Path(args.artifacts).resolve().parent / base
     if not base.exists():
         return facts.base_model  # a Hub id, e.g. gpt2
     own = {Path(args.artifacts, folder).resolve(): name for name, folder in FOLDERS.items()}
@@ -61,15 +62,16 @@ def hub_base(facts: cards.CardFacts, args: argparse.Namespace, hub: pipeline_par
 
 
 def operations(folder: Path, card: ModelCard, base: str | None) -> list[CommitOperationAdd]:
-    """Every file of the folder but pickles and the local card, then the refreshed card; an adapter's
-    config names its base by Hub id, so `AutoPeftModelForCausalLM.from_pretrained(repo)` finds it."""
+    """Every file of the folder but pickles and local cards (PEFT's, in a classifier's `adapter/`, names
+    a local base), then the refreshed card; an adapter's config names its base by Hub id, so
+    `AutoPeftModelForCausalLM.from_pretrained(repo)` finds it."""
     found = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder).as_posix()
-        if path.suffix in PICKLES or relative == "README.md":
+        if path.suffix in PICKLES or path.name == "README.md":
             continue
         content: bytes | Path = path
-        if relative == "adapter_config.json" and base:
+        if path.name == "adapter_config.json" and base:
             adapter = json.loads(path.read_text(encoding="utf-8")) | {"base_model_name_or_path": base}
             content = (json.dumps(adapter, indent=2) + "\n").encode()
         found.append(CommitOperationAdd(path_in_repo=relative, path_or_fileobj=content))
@@ -81,26 +83,29 @@ def require_hub() -> None:
     """Fail at once without the network or a token (a Hub call would otherwise retry for ~30 s)."""
     if constants.is_offline_mode():
         raise UserError("HF_HUB_OFFLINE is set: pushing needs the network; unset it, or look first with --dry-run")
-    endpoint = urlparse(constants.ENDPOINT)
     try:
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=5).close()
-    except OSError as err:
-        raise UserError(f"cannot reach {constants.ENDPOINT} ({err}); check the network, or look first with --dry-run") from None
+        requests.head(constants.ENDPOINT, timeout=5)  # any answer will do; requests honours proxy settings
+    except requests.RequestException as err:
+        raise UserError(
+            f"cannot reach {constants.ENDPOINT} ({type(err).__name__}); check the network, or look first with --dry-run"
+        ) from None
     if get_token() is None:
         raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token that can write)")
 
 
-def send(repo_id: str, ops: list[CommitOperationAdd], private: bool, revision: str | None, message: str) -> str:
+def send(repo_id: str, ops: list[CommitOperationAdd], private: bool, revision: str | None, message: str) -> tuple[str, bool]:
+    """The commit's URL, and whether the repository is private (an existing one keeps its visibility)."""
     api = HfApi()
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         commit = api.create_commit(repo_id, ops, commit_message=message, revision=revision)
+        is_private = bool(api.repo_info(repo_id).private)
     except HfHubHTTPError as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{repo_id}: the Hub refused the push ({first_line}); check the token can write there") from None
-    return commit.commit_url
+    return commit.commit_url, is_private
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,8 +134,8 @@ def main(args: argparse.Namespace) -> None:
         raise UserError("name what to push (e.g. `llmpipe push sft --repo-id USER/NAME`), or pass --from-params")
     if unknown := [stage for stage in stages if stage not in FOLDERS]:
         raise UserError(f"cannot push {', '.join(unknown)}: choose from {', '.join(FOLDERS)}")
-    if args.repo_id and len(stages) > 1:
-        raise UserError("--repo-id names one repository: push one STAGE at a time with it")
+    if (args.repo_id or args.base_model) and len(stages) > 1:
+        raise UserError("--repo-id and --base-model name one repository: push one STAGE at a time with them")
     if not args.repo_id and not hub.namespace:
         raise UserError("pass --repo-id USER/NAME, or set hub.namespace in params.yaml")
     if not args.dry_run:
@@ -151,16 +156,20 @@ def push_one(stage: str, repo_id: str, private: bool, args: argparse.Namespace, 
     card = cards.model_card(facts, repo_id, hub.license, hub.language, evaluation, base)
     ops = operations(folder, card, base)
     size = sum(Path(op.path_or_fileobj).stat().st_size if isinstance(op.path_or_fileobj, (str, Path)) else len(op.path_or_fileobj) for op in ops)
-    where = f"{repo_id}" + (f"@{args.revision}" if args.revision else "") + (" (private)" if private else " (public)")
+
+    def where(is_private: bool) -> str:
+        return repo_id + (f"@{args.revision}" if args.revision else "") + (" (private)" if is_private else " (public)")
+
     if args.dry_run:
-        print(f"push --dry-run: {folder} -> {where}, one commit of {len(ops)} files ({size / 1e6:.1f} MB):")
+        print(f"push --dry-run: {folder} -> {where(private)}, one commit of {len(ops)} files ({size / 1e6:.1f} MB):")
         for op in ops:
             print(f"  add {op.path_in_repo}")
         print(f"--- {repo_id}/README.md ---\n{card}")
         return
     with StageRun("push", facts.recipe, params.mlflow) as tracker:
-        url = send(repo_id, ops, private, args.revision, f"llmpipe: {stage} (recipe {facts.recipe})")
-        tracker.log_config({"repo_id": repo_id, "revision": args.revision or "main", "private": private,
+        url, is_private = send(repo_id, ops, private, args.revision, f"llmpipe: {stage} (recipe {facts.recipe})")
+        tracker.log_config({"repo_id": repo_id, "revision": args.revision or "main", "private": is_private,
                             "files": len(ops), "base_model": base or "", "commit_url": url})
         tracker.log_text(str(card), f"{stage}/README.md")
-    print(f"push: {folder} -> {where}: {len(ops)} files ({size / 1e6:.1f} MB) in one commit, {url}")
+    kept = ", as it already was" if is_private != private else ""
+    print(f"push: {folder} -> {where(is_private)}{kept}: {len(ops)} files ({size / 1e6:.1f} MB) in one commit, {url}")

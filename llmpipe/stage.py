@@ -135,7 +135,8 @@ def training_arguments(cls: type, settings: dict, checkpoints: str, job: Stage, 
     # pushing is `llmpipe push`'s job; a token in a recipe would land in cards, MLflow and checkpoints
     reject_owned(settings, tuple(key for key in settings if key.startswith("hub_") or key == "push_to_hub"),
                  f"{job.recipe_path}: `training", "`llmpipe push` and params.yaml hub (tokens come from HF_TOKEN)")
-    reject_owned(settings, ("trust_remote_code",), f"{job.recipe_path}: `training", "its policy: code in a model folder never runs")
+    reject_owned(settings, ("trust_remote_code", "model_init_kwargs"), f"{job.recipe_path}: `training",
+                 "its policy (code in a model folder never runs; the stage loads the model itself)")
     defaults = {
         "dataloader_pin_memory": torch.cuda.is_available(),  # pinning is for GPU copies
         # without it, processes launched on a machine with no GPU each believe they are the only one

@@ -59,7 +59,10 @@ def device_peak(device: torch.device) -> tuple[float | None, str]:
         cache = {}
     if key not in cache:
         cache[key] = cpu_matmul_peak()
-        atomic.write_json(CPU_PEAK_CACHE, cache)
+        try:
+            atomic.write_json(CPU_PEAK_CACHE, cache)
+        except OSError:  # only a cache (read-only home, full disk): measure again next time
+            pass
     return cache[key], f"measured fp32 matmul, {torch.get_num_threads()} threads"
 
 

@@ -56,6 +56,25 @@ def test_classifier_card_scores_are_test_accuracy_and_f1():
     assert card.data.pipeline_tag == "text-classification"
 
 
+def test_chat_usage_snippet_sends_messages_through_the_chat_template(tmp_path, tiny_model, tokenizer):
+    from llmpipe import instructions
+
+    tiny_model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    chat = type(tokenizer).from_pretrained(tmp_path / "model")  # not the session's tokenizer
+    chat.chat_template = instructions.CHAT_TEMPLATE
+    chat.save_pretrained(tmp_path / "model")
+    snippet = cards.usage("sft", str(tmp_path / "model"), "chat")
+    assert "'role': 'user'" in snippet
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_copied_tokenizer_says_so_and_lists_no_training_data():
+    card = str(cards.model_card(facts("tokenizer", base_model="gpt2"), "t", "mit", "en"))
+    assert "the tokenizer of gpt2, taken as is" in card and "Training data" not in card
+
+
 def test_load_facts_names_a_folder_without_a_card(tmp_path):
     with pytest.raises(UserError, match=f"{tmp_path}/README.md: no model card"):
         cards.load_facts(tmp_path)

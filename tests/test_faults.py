@@ -61,6 +61,16 @@ def test_sigkill_while_writing_leaves_the_old_output_and_the_next_write_clears_t
     assert (target / "config.json").read_text() == '{"new": true}' and not staging_leftovers(tmp_path)
 
 
+def test_two_processes_writing_one_file_at_once_both_succeed(tmp_path):
+    """Leftovers are cleared only when their writer is gone, not another live writer's staging file."""
+    script = "import sys\nfrom llmpipe import atomic\nfor i in range(300):\n    atomic.write_json(sys.argv[1], {'i': i})\n"
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "cache.json")], env=ENV, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    for writer in writers:
+        assert writer.wait(timeout=120) == 0, writer.stderr.read()
+    assert (tmp_path / "cache.json").read_text().startswith("{") and not staging_leftovers(tmp_path)
+
+
 def tracking_to(workspace, tmp_path, uri: str, unreachable: str) -> str:
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     params["mlflow"] |= {"enabled": True, "tracking_uri": uri, "unreachable": unreachable}

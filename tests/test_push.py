@@ -1,17 +1,18 @@
 """`llmpipe push` against a patched `HfApi` (create_repo/create_branch/create_commit are the network boundary)."""
 
 import json
-import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import requests
 import yaml
 from huggingface_hub import HfApi, ModelCard, constants
 from huggingface_hub.hf_api import CommitInfo
 from peft import PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmpipe import adapters, cards, cli
+from llmpipe import adapters, cards, cli, push
 from tests.conftest import FAKE_SECRET, REPO, run_cli
 
 FAKE_TOKEN = FAKE_SECRET
@@ -56,8 +57,9 @@ def hub(monkeypatch):
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "create_branch", lambda self, *a, **k: None)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(HfApi, "repo_info", lambda self, repo_id, **k: SimpleNamespace(private=sent["repos"][-1][1]["private"]))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: socket.socket())
+    monkeypatch.setattr(requests, "head", lambda *a, **k: None)  # the reachability probe
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     return sent
 
@@ -140,6 +142,23 @@ def test_offline_push_fails_at_once_with_the_fix(workdir):
 def test_push_from_params_does_nothing_while_off(workdir, hub, capsys):
     assert cli.main(["push", "--from-params"]) == 0
     assert "push: off" in capsys.readouterr().out and not hub["commits"]
+
+
+def test_a_classifiers_nested_adapter_names_its_base_by_hub_id_and_peft_card_stays_home(workdir):
+    classify = workdir / "artifacts/classify"
+    (classify / "adapter").mkdir(parents=True)
+    (classify / "model.safetensors").write_bytes(b"weights")
+    (classify / "adapter/adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "artifacts/pretrain"}))
+    (classify / "adapter/README.md").write_text("---\nbase_model: artifacts/pretrain\n---\n")
+    card = ModelCard("---\nlicense: mit\n---\nours\n")
+    ops = {op.path_in_repo: op.path_or_fileobj for op in push.operations(classify, card, "alice/llmpipe-pretrain")}
+    assert set(ops) == {"model.safetensors", "adapter/adapter_config.json", "README.md"}
+    assert json.loads(ops["adapter/adapter_config.json"])["base_model_name_or_path"] == "alice/llmpipe-pretrain"
+
+
+def test_one_base_model_for_several_stages_is_refused(workdir, capsys):
+    assert cli.main(["push", "sft", "lora", "--base-model", "alice/base", "--dry-run"]) == 2
+    assert "--repo-id and --base-model name one repository" in capsys.readouterr().err
 
 
 def test_an_unknown_stage_is_named(workdir, capsys):

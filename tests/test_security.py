@@ -81,6 +81,8 @@ def test_credentials_in_urls_are_redacted():
     assert redact.url("http://user:pw@host:8080/v1?api-key=k1&model=x") == "http://host:8080/v1?api-key=***&model=x"
     assert redact.url("https://host/v1?token=t&sig=s") == "https://host/v1?token=***&sig=***"
     assert redact.url("hf:artifacts/sft") == "hf:artifacts/sft" and redact.url("self") == "self"
+    assert "pw" not in redact.url("http://user:pw@host:port/")  # malformed, still nothing shown
+    assert redact.value({"urls": ["http://u:pw@h/v1"]}) == {"urls": ["http://h/v1"]}
 
 
 def test_the_mlflow_ui_listens_on_localhost_only():

@@ -99,11 +99,13 @@ def main(args: argparse.Namespace) -> None:
         )
         stage.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.classify_data]))
         final = trainer.evaluate(eval_dataset=dict(encoded))
-        metrics = counts | timer.summary(trainer)
-        for split in splits:
-            for key in ("accuracy", "precision", "recall", "f1"):
-                metrics[f"{split}_{key}"] = round(final[f"eval_{split}_{key}"], 4)
-        metrics |= baseline.tfidf_logreg(splits, training.seed)
+        metrics = {}  # rank 0 reports (the other ranks would measure the CPU peak against it)
+        if trainer.is_world_process_zero():
+            metrics = counts | timer.summary(trainer)
+            for split in splits:
+                for key in ("accuracy", "precision", "recall", "f1"):
+                    metrics[f"{split}_{key}"] = round(final[f"eval_{split}_{key}"], 4)
+            metrics |= baseline.tfidf_logreg(splits, training.seed)
         with stage.output_folder(args.output, trainer) as staging:
             if recipe.trainable == "lora":
                 adapters.save_adapter_and_merged(model, tokenizer, staging / "adapter", staging)
