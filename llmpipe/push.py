@@ -111,7 +111,11 @@ def send(repo_id: str, ops: list[CommitOperationAdd], private: bool, revision: s
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("stages", nargs="*", metavar="STAGE", help=f"what to push: {', '.join(FOLDERS)}")
     parser.add_argument("--repo-id", help="USER/NAME on the Hub (one STAGE); default <hub.namespace>/<hub.name_prefix>-<stage> from params")
-    parser.add_argument("--public", action="store_true", help="make a new repository public (default: private)")
+    visibility = parser.add_mutually_exclusive_group()
+    visibility.add_argument("--private", dest="private", action="store_const", const=True,
+                            help="make a new repository private (default: params.yaml hub.private, true)")
+    visibility.add_argument("--public", dest="private", action="store_const", const=False,
+                            help="make a new repository public")
     parser.add_argument("--revision", help="branch to commit to (created if missing; default: main)")
     parser.add_argument("--base-model", help="Hub id of the model this one was trained from (default: from the recipe or params hub)")
     parser.add_argument("--dry-run", action="store_true", help="print the files and the card of each commit; send nothing")
@@ -140,7 +144,7 @@ def main(args: argparse.Namespace) -> None:
         raise UserError("pass --repo-id USER/NAME, or set hub.namespace in params.yaml")
     if not args.dry_run:
         require_hub()
-    private = hub.private and not args.public
+    private = hub.private if args.private is None else args.private
     for stage in stages:
         push_one(stage, args.repo_id or hub.repo_id(stage), private, args, params)
 

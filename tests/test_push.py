@@ -164,3 +164,14 @@ def test_one_base_model_for_several_stages_is_refused(workdir, capsys):
 def test_an_unknown_stage_is_named(workdir, capsys):
     assert cli.main(["push", "evaluate", "--dry-run"]) == 2
     assert "cannot push evaluate: choose from tokenizer, pretrain" in capsys.readouterr().err
+
+
+def test_visibility_follows_the_flag_then_params(workdir, hub):
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    for flag, params_private, sent_private in (
+        ([], True, True), ([], False, False), (["--private"], False, True), (["--public"], True, False),
+    ):
+        params["hub"]["private"] = params_private
+        (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+        assert cli.main(["push", "pretrain", *flag]) == 0
+        assert hub["repos"].pop() == ("alice/llmpipe-pretrain", {"private": sent_private, "exist_ok": True}), flag
