@@ -186,12 +186,13 @@ def _cell(value: Any) -> str:
 
 def model_card(
     facts: CardFacts, model_id: str, license: str, language: str, evaluation: dict[str, Any] | None = None,
-    base_model: str | None = None,
+    hub_base_model: str | None = None, on_hub: bool = False,
 ) -> ModelCard:
-    """The card of one artifact, loadable as `model_id` (its folder, or its Hub repository); `base_model`
-    overrides the one in `facts` (the Hub id a local base folder was pushed as)."""
+    """The card of one artifact, loadable as `model_id`: its folder, or (`on_hub`) its Hub repository,
+    whose metadata takes only Hub ids, so the base is `hub_base_model` and a local base folder with no
+    Hub id is named in the text alone."""
     kind = KINDS[facts.artifact]
-    base = base_model or facts.base_model
+    base = hub_base_model if on_hub else facts.base_model
     results = eval_results(facts, evaluation)
     data = ModelCardData(
         model_name=Path(model_id).name,
@@ -210,8 +211,9 @@ def model_card(
         f"# {Path(model_id).name}\n\nMade by the `{stage}` stage of llmpipe (recipe `{facts.recipe}`): {title(facts)}.",
         f"## Usage\n\n```python\n{usage(facts.artifact, model_id, facts.prompt_format)}```",
     ]
-    if base:
-        sections.append(f"## Base model\n\n`{base}`")
+    if base or facts.base_model:
+        named = f"`{base}`" if base else f"`{facts.base_model}`, a local folder (not on the Hub)"
+        sections.append(f"## Base model\n\n{named}")
     if results:
         rows = [(f"{r.metric_name} ({r.dataset_name}, {r.dataset_split})", r.metric_value) for r in results]
         judged = [r.metric_config for r in results if r.metric_config]

@@ -157,7 +157,7 @@ def push_one(stage: str, repo_id: str, private: bool, args: argparse.Namespace, 
     evaluation = evaluation_of(Path(args.artifacts) / SCORED_AS.get(stage, FOLDERS[stage]), Path(args.evaluation))
     if facts.artifact in ("sft", "lora", "lora-merged") and evaluation is None:
         print(f"push: {args.evaluation} has no scores of the weights in {folder}; the card leaves the judge out (run `dvc repro`)")
-    card = cards.model_card(facts, repo_id, hub.license, hub.language, evaluation, base)
+    card = cards.model_card(facts, repo_id, hub.license, hub.language, evaluation, base, on_hub=True)
     ops = operations(folder, card, base)
     size = sum(Path(op.path_or_fileobj).stat().st_size if isinstance(op.path_or_fileobj, (str, Path)) else len(op.path_or_fileobj) for op in ops)
 

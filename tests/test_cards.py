@@ -22,7 +22,7 @@ def facts(artifact: str, **changes) -> cards.CardFacts:
 
 
 def test_card_metadata_parses_and_holds_the_metrics_and_the_named_judge(tmp_path):
-    card = cards.model_card(facts("sft"), "alice/tiny-sft", "apache-2.0", "en", EVALUATION, base_model="alice/tiny-pretrain")
+    card = cards.model_card(facts("sft"), "alice/tiny-sft", "apache-2.0", "en", EVALUATION, "alice/tiny-pretrain", on_hub=True)
     cards.write(tmp_path, card)
     loaded = ModelCard.load(tmp_path / "README.md")
     meta = metadata_load(tmp_path / "README.md")
@@ -42,6 +42,13 @@ def test_card_names_each_data_files_source_and_license(tmp_path):
     assert "karpathy/char-rnn" in text and "public domain" in text
     assert "`mine/notes.txt` | your data (not in data/SOURCES.md); license: unknown" in text
     assert "`training.learning_rate` | 0.003" in text
+
+
+def test_a_hub_card_names_a_local_base_in_its_text_only(tmp_path):
+    card = cards.model_card(facts("sft"), "alice/tiny-sft", "apache-2.0", "en", on_hub=True)
+    cards.write(tmp_path, card)
+    assert "base_model" not in metadata_load(tmp_path / "README.md")  # the Hub refuses a path there
+    assert "`artifacts/pretrain`, a local folder (not on the Hub)" in str(card)
 
 
 def test_adapter_card_never_has_an_empty_base_model():
