@@ -70,7 +70,7 @@ def facts(job, artifact: str, metrics: dict[str, Any], base_model: str | None = 
     return CardFacts(
         artifact=artifact,
         recipe=job.recipe_path.parent.name,
-        settings={key: redact.value(value) for key, value in flatten(job.recipe).items() if value is not None},
+        settings={key: redact.setting(key, value) for key, value in flatten(job.recipe).items() if value is not None},
         metrics={key: value for key, value in metrics.items() if isinstance(value, (int, float, str)) and key not in TIMINGS},
         data=[path for name in KINDS[artifact].data for path in files[name]],
         hub_data=[dataset.path for dataset in params.data.hub],

@@ -27,6 +27,11 @@ def library_section(cls: type, help: str = "") -> Any:
     return dataclasses.field(default_factory=dict, metadata={"library": cls, "help": help})
 
 
+def at_least(minimum: int, default: Any) -> Any:
+    """A numeric field whose values below `minimum` are refused when the recipe loads (not after training)."""
+    return dataclasses.field(default=default, metadata={"minimum": minimum})
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -82,6 +87,9 @@ def build(schema: type[T], data: dict, source: str, prefix: str = "") -> T:
             values[name] = _check_library_kwargs(library, data[name], source, key + ".")
         else:
             values[name] = _conform(data[name], hints[name], source, key)
+        minimum = field.metadata.get("minimum")
+        if minimum is not None and values[name] is not None and values[name] < minimum:
+            raise UserError(f"{source}: `{key}` must be at least {minimum} (got {values[name]})")
     return schema(**values)
 
 

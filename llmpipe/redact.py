@@ -1,10 +1,13 @@
-"""What never reaches a log, a metric or a card: credentials inside URLs."""
+"""What never reaches a log, a metric or a card: credentials inside URLs, and values of settings named
+like credentials."""
 
 import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 SECRET_NAME = re.compile(r"key|token|secret|password|signature|sig$", re.IGNORECASE)
+# a setting's own name (`training.hub_token`); narrower than SECRET_NAME: `pad_token` or `max_new_tokens` are no secrets
+SECRET_SETTING = re.compile(r"(^|[._])(hub_token|access_token|auth_token|api_key|password|secret)$", re.IGNORECASE)
 
 
 def url(text: str) -> str:
@@ -32,3 +35,8 @@ def value(setting: Any) -> Any:
     if isinstance(setting, dict):
         return {key: value(item) for key, item in setting.items()}
     return setting
+
+
+def setting(name: str, setting_value: Any) -> Any:
+    """A flattened setting's value as it may be shown: "***" for a credential's name, else through `value`."""
+    return "***" if SECRET_SETTING.search(name) and setting_value else value(setting_value)

@@ -128,15 +128,25 @@ def reject_owned(section: dict, names: tuple[str, ...], where: str, owner: str) 
 POSITIVE_SETTINGS = ("learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
 
 
-def training_arguments(cls: type, settings: dict, checkpoints: str, job: Stage, **defaults: Any):
-    """`TrainingArguments` (or a subclass such as TRL's `SFTConfig`) from the recipe's `training`
-    section; llmpipe owns where checkpoints go and where metrics are reported."""
-    reject_owned(settings, ("output_dir", "report_to"), f"{job.recipe_path}: `training", "--checkpoints and params.yaml mlflow")
+def check_training(settings: dict, recipe_path: Path) -> None:
+    """The recipe's `training` section, checked before anything is logged or trained."""
+    where = f"{recipe_path}: `training"
+    reject_owned(settings, ("output_dir", "report_to"), where, "--checkpoints and params.yaml mlflow")
     # pushing is `llmpipe push`'s job; a token in a recipe would land in cards, MLflow and checkpoints
     reject_owned(settings, tuple(key for key in settings if key.startswith("hub_") or key == "push_to_hub"),
-                 f"{job.recipe_path}: `training", "`llmpipe push` and params.yaml hub (tokens come from HF_TOKEN)")
-    reject_owned(settings, ("trust_remote_code", "model_init_kwargs"), f"{job.recipe_path}: `training",
+                 where, "`llmpipe push` and params.yaml hub (tokens come from HF_TOKEN)")
+    reject_owned(settings, ("trust_remote_code", "model_init_kwargs"), where,
                  "its policy (code in a model folder never runs; the stage loads the model itself)")
+    for key in POSITIVE_SETTINGS:
+        if key in settings and isinstance(settings[key], (int, float)) and settings[key] <= 0:
+            raise UserError(f"{where}.{key}` must be above 0 (got {settings[key]})")
+    if settings.get("max_steps", -1) <= 0 and settings.get("num_train_epochs", 3) <= 0:
+        raise UserError(f"{where}` trains for no steps: set `max_steps` or `num_train_epochs` above 0")
+
+
+def training_arguments(cls: type, settings: dict, checkpoints: str, job: Stage, **defaults: Any):
+    """`TrainingArguments` (or a subclass such as TRL's `SFTConfig`) from the recipe's `training`
+    section (checked by `begin`); llmpipe owns where checkpoints go and where metrics are reported."""
     defaults = {
         "dataloader_pin_memory": torch.cuda.is_available(),  # pinning is for GPU copies
         # without it, processes launched on a machine with no GPU each believe they are the only one
@@ -144,11 +154,6 @@ def training_arguments(cls: type, settings: dict, checkpoints: str, job: Stage, 
         "include_num_input_tokens_seen": "non_padding",  # for tokens/s and MFU (throughput.Throughput)
         **defaults,
     }
-    for key in POSITIVE_SETTINGS:
-        if key in settings and isinstance(settings[key], (int, float)) and settings[key] <= 0:
-            raise UserError(f"{job.recipe_path}: `training.{key}` must be above 0 (got {settings[key]})")
-    if settings.get("max_steps", -1) <= 0 and settings.get("num_train_epochs", 3) <= 0:
-        raise UserError(f"{job.recipe_path}: `training` trains for no steps: set `max_steps` or `num_train_epochs` above 0")
     try:
         return cls(**{**defaults, **settings}, output_dir=checkpoints, report_to=job.tracker.report_to)
     except ValueError as err:
@@ -190,5 +195,7 @@ def begin(args: argparse.Namespace, name: str, schema: type) -> Stage:
     pipeline = pipeline_params.load(args.params)
     recipe_path = Path(args.recipe) if args.recipe else pipeline.recipe_file(name)
     recipe = config.load(schema, recipe_path, args.overrides)
+    if isinstance(getattr(recipe, "training", None), dict):
+        check_training(recipe.training, recipe_path)
     tracker = StageRun(name, recipe_path.parent.name, pipeline.mlflow)
     return Stage(name, pipeline, recipe, recipe_path, Path(args.metrics), tracker, time.perf_counter())

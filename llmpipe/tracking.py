@@ -161,7 +161,7 @@ class StageRun:
 
     def log_config(self, resolved: dict[str, Any]) -> None:
         if self._mlflow:
-            self._mlflow.log_params({key: str(redact.value(value))[:6000] for key, value in resolved.items()})
+            self._mlflow.log_params({key: str(redact.setting(key, value))[:6000] for key, value in resolved.items()})
 
     def log_metrics(self, metrics: dict[str, Any]) -> None:
         if self._mlflow:

@@ -44,6 +44,14 @@ CASES = {
         ["tokenizer", "--set", "trainer.vocab_size=100"],
         ["recipes/test/tokenizer.yaml", "`trainer.vocab_size` must be at least 257"],
     ),
+    "no new tokens for the sample": (
+        ["pretrain", "--set", "sample_max_new_tokens=0"],
+        ["recipes/test/pretrain.yaml: `sample_max_new_tokens` must be at least 1 (got 0)"],
+    ),
+    "negative new tokens in evaluation": (
+        ["evaluate", "--set", "decoding.max_new_tokens=-3"],
+        ["recipes/test/evaluate.yaml: `decoding.max_new_tokens` must be at least 1 (got -3)"],
+    ),
     "missing recipe file": (["pretrain", "--recipe", "recipes/test/pretrian.yaml"], ["recipes/test/pretrian.yaml: file not found"]),
     "not YAML": (["corpus", "--set", "stride"], ["--set 'stride': expected KEY=VALUE"]),
 }

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 import torch
+import yaml
 
 from llmpipe import artifacts, cli, redact
 from llmpipe.errors import UserError
@@ -83,6 +84,17 @@ def test_credentials_in_urls_are_redacted():
     assert redact.url("hf:artifacts/sft") == "hf:artifacts/sft" and redact.url("self") == "self"
     assert "pw" not in redact.url("http://user:pw@host:port/")  # malformed, still nothing shown
     assert redact.value({"urls": ["http://u:pw@h/v1"]}) == {"urls": ["http://h/v1"]}
+    assert redact.setting("training.hub_token", "hf_x") == "***" and redact.setting("judge.api_key", "k") == "***"
+    assert redact.setting("special_tokens.pad_token", "<pad>") == "<pad>" and redact.setting("max_new_tokens", 5) == 5
+
+
+def test_a_token_in_a_recipe_is_refused_before_mlflow_sees_it(inside, capsys, tmp_path):
+    params = yaml.safe_load((inside / "params.yaml").read_text())
+    params["mlflow"] |= {"enabled": True, "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    code = cli.main(["pretrain", "--params", str(tmp_path / "params.yaml"), "--set", f"training.hub_token={FAKE_SECRET}"])
+    assert_refused(code, capsys.readouterr().err, "`training.hub_token` is set by llmpipe")
+    assert not any(FAKE_SECRET.encode() in path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and path.name != "params.yaml")
 
 
 def test_the_mlflow_ui_listens_on_localhost_only():

@@ -23,7 +23,7 @@ from llmpipe.stages.sft import SftRecipe
 
 @dataclass
 class Decoding:
-    max_new_tokens: int = 128
+    max_new_tokens: int = config.at_least(1, 128)
     temperature: float = 0.0  # 0: greedy (the book's); > 0 samples
     top_k: int | None = None
     top_p: float | None = None
@@ -32,7 +32,7 @@ class Decoding:
 
 @dataclass
 class Bootstrap:
-    resamples: int = 1000
+    resamples: int = config.at_least(1, 1000)
     confidence: float = 0.95
     seed: int = 123
 
@@ -44,8 +44,8 @@ class EvaluateRecipe:
         default_factory=lambda: {"sft": "artifacts/sft", "lora": "artifacts/lora/merged", "pretrain": "artifacts/pretrain"}
     )
     split_from: Literal["sft", "lora"] = "sft"  # the stage recipe whose `split` and `prompt_format` define the test split
-    limit: int | None = None  # evaluate only the first N test examples (quick runs); default all
-    batch_size: int = 16
+    limit: int | None = config.at_least(1, None)  # evaluate only the first N test examples (quick runs); default all
+    batch_size: int = config.at_least(1, 16)
     decoding: Decoding = field(default_factory=Decoding)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     bootstrap: Bootstrap = field(default_factory=Bootstrap)

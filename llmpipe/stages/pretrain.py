@@ -13,7 +13,7 @@ from datasets import DatasetDict, load_from_disk
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
 from llmpipe import artifacts, atomic, cards, checkpoints, generate, packing, stage, throughput
-from llmpipe.config import library_section
+from llmpipe.config import at_least, library_section
 from llmpipe.errors import UserError
 
 SET_FROM_TOKENIZER = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -26,7 +26,7 @@ class PretrainRecipe:
     training: dict = library_section(TrainingArguments)
     train_eval_blocks: int | None = None  # train blocks scored beside validation at each evaluation; default: as many as validation
     sample_prompt: str = "Every effort moves you"  # continued greedily after training, logged
-    sample_max_new_tokens: int = 40
+    sample_max_new_tokens: int = at_least(1, 40)
 
 
 def check_recipe(recipe: PretrainRecipe, source: Path) -> None:

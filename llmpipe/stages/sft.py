@@ -12,7 +12,7 @@ from transformers import PreTrainedModel, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from llmpipe import artifacts, cards, checkpoints, generate, instructions, responses, stage, throughput
-from llmpipe.config import library_section
+from llmpipe.config import at_least, library_section
 
 
 @dataclass
@@ -20,8 +20,8 @@ class SftRecipe:
     init_from: str | None = None  # Hub id or folder (e.g. gpt2-medium); default: the pretrain stage's model (--base)
     prompt_format: Literal["alpaca", "chat"] = "alpaca"  # chat: the tokenizer's chat template (a minimal one if it has none)
     split: dict[str, float] = field(default_factory=lambda: {"train": 0.85, "test": 0.1, "validation": 0.05})
-    sample_responses: int = 3  # validation responses generated after training and logged to MLflow
-    max_new_tokens: int = 64  # for those responses
+    sample_responses: int = at_least(0, 3)  # validation responses generated after training and logged to MLflow
+    max_new_tokens: int = at_least(1, 64)  # for those responses
     training: dict = library_section(SFTConfig)
 
 
