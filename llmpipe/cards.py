@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from llmpipe import instructions, redact, throughput
@@ -124,18 +125,20 @@ def eval_results(facts: CardFacts, evaluation: dict[str, Any] | None) -> list[Ev
     return results
 
 
-def usage(artifact: str, model_id: str, prompt_format: str = "alpaca") -> str:
-    """A snippet that runs as is (a local folder path or a Hub id both work as `model_id`)."""
+def usage(artifact: str, model_id: str, prompt_format: str = "alpaca", revision: str | None = None) -> str:
+    """A snippet that runs as is (a local folder path or a Hub id both work as `model_id`; `revision`, a
+    Hub branch)."""
+    source = repr(model_id) + (f", revision={revision!r}" if revision else "")
     if artifact == "tokenizer":
         return (
             "from transformers import AutoTokenizer\n\n"
-            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({source})\n"
             'print(tokenizer.tokenize("Every effort moves you"))\n'
         )
     if artifact == "classify":
         return (
             "from transformers import pipeline\n\n"
-            f"classifier = pipeline(\"text-classification\", model={model_id!r})\n"
+            f"classifier = pipeline(\"text-classification\", model={source})\n"
             'print(classifier("You are a winner! Reply WIN now to claim your free prize."))\n'
         )
     chat = artifact != "pretrain" and prompt_format == "chat"  # messages: the tokenizer's chat template applies
@@ -151,8 +154,8 @@ def usage(artifact: str, model_id: str, prompt_format: str = "alpaca") -> str:
         return (
             "from peft import AutoPeftModelForCausalLM\n"
             "from transformers import AutoTokenizer\n\n"
-            f"model = AutoPeftModelForCausalLM.from_pretrained({model_id!r})  # the base model named in adapter_config.json\n"
-            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})\n"
+            f"model = AutoPeftModelForCausalLM.from_pretrained({source})  # the base model named in adapter_config.json\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({source})\n"
             f"inputs = {encode}\n"
             "output = model.generate(**inputs, max_new_tokens=20, do_sample=False)\n"
             'print(tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))\n'
@@ -160,7 +163,7 @@ def usage(artifact: str, model_id: str, prompt_format: str = "alpaca") -> str:
     answer = '[0]["generated_text"][-1]["content"]' if chat else '[0]["generated_text"]'
     return (
         "from transformers import pipeline\n\n"
-        f"generator = pipeline(\"text-generation\", model={model_id!r})\n"
+        f"generator = pipeline(\"text-generation\", model={source})\n"
         f"print(generator({prompt!r}, max_new_tokens=20, do_sample=False){answer})\n"
     )
 
@@ -186,11 +189,11 @@ def _cell(value: Any) -> str:
 
 def model_card(
     facts: CardFacts, model_id: str, license: str, language: str, evaluation: dict[str, Any] | None = None,
-    hub_base_model: str | None = None, on_hub: bool = False,
+    hub_base_model: str | None = None, on_hub: bool = False, revision: str | None = None,
 ) -> ModelCard:
-    """The card of one artifact, loadable as `model_id`: its folder, or (`on_hub`) its Hub repository,
-    whose metadata takes only Hub ids, so the base is `hub_base_model` and a local base folder with no
-    Hub id is named in the text alone."""
+    """The card of one artifact, loadable as `model_id`: its folder, or (`on_hub`) its Hub repository
+    (at `revision`), whose metadata takes only Hub ids, so the base is `hub_base_model` and a local base
+    folder with no Hub id is named in the text alone."""
     kind = KINDS[facts.artifact]
     base = hub_base_model if on_hub else facts.base_model
     results = eval_results(facts, evaluation)
@@ -209,7 +212,7 @@ def model_card(
     stage = facts.artifact.split("-")[0]
     sections = [
         f"# {Path(model_id).name}\n\nMade by the `{stage}` stage of llmpipe (recipe `{facts.recipe}`): {title(facts)}.",
-        f"## Usage\n\n```python\n{usage(facts.artifact, model_id, facts.prompt_format)}```",
+        f"## Usage\n\n```python\n{usage(facts.artifact, model_id, facts.prompt_format, revision)}```",
     ]
     if base or facts.base_model:
         named = f"`{base}`" if base else f"`{facts.base_model}`, a local folder (not on the Hub)"
@@ -240,7 +243,10 @@ def load_facts(folder: str | Path) -> CardFacts:
     path = Path(folder) / "README.md"
     if not path.is_file():
         raise UserError(f"{path}: no model card; this folder was not written by an llmpipe stage (run `dvc repro`)")
-    recorded = ModelCard.load(path).data.to_dict().get("llmpipe")
+    try:
+        recorded = ModelCard.load(path).data.to_dict().get("llmpipe")
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: the card's metadata is not valid YAML ({str(err).splitlines()[0]}); run the stage again") from None
     try:
         return CardFacts(**recorded)
     except TypeError:  # none, or written by another llmpipe version

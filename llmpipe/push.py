@@ -10,9 +10,11 @@ from pathlib import Path
 
 import requests
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, constants, get_token
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.errors import HTTPError as TransportError  # what huggingface_hub's HTTP client raises offline
+from huggingface_hub.utils import validate_repo_id
 
-from llmpipe import artifacts, cards, params as pipeline_params
+from llmpipe import artifacts, cards, params as pipeline_params, redact
 from llmpipe.errors import UserError
 from llmpipe.tracking import StageRun
 
@@ -26,13 +28,22 @@ FOLDERS = {  # what can be pushed -> its folder under --artifacts
 }
 SCORED_AS = {"lora": "lora/merged"}  # the evaluate stage scores the adapter as its merged model
 PICKLES = {".bin", ".pt", ".pth", ".pkl", ".pickle"}  # never uploaded: weights go as safetensors only
+REFUSED = {  # HTTP status of a refused push -> what to do
+    400: "fix what the Hub names (a card's metadata: params.yaml hub.license / hub.language)",
+    401: "the token is missing or not valid: `hf auth login`, or set HF_TOKEN",
+    403: "the token cannot write there: use a write token, or a namespace you belong to",
+    404: "the namespace does not exist, or the token cannot see it",
+}
 
 
 def evaluation_of(folder: Path, evaluate_metrics: Path) -> dict | None:
     """The evaluate stage's scores of exactly these weights (matched by their sha256), with the judge named."""
     if not evaluate_metrics.is_file():
         return None
-    scores = json.loads(evaluate_metrics.read_text(encoding="utf-8"))
+    try:
+        scores = json.loads(evaluate_metrics.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{evaluate_metrics}: not valid JSON ({err}); run `dvc repro` to write it again") from None
     digest = artifacts.weights_digest(folder)
     for entry in scores.values():
         if isinstance(entry, dict) and digest and entry.get("weights_sha256") == digest:
@@ -87,7 +98,7 @@ def require_hub() -> None:
         requests.head(constants.ENDPOINT, timeout=5)  # any answer will do; requests honours proxy settings
     except requests.RequestException as err:
         raise UserError(
-            f"cannot reach {constants.ENDPOINT} ({type(err).__name__}); check the network, or look first with --dry-run"
+            f"cannot reach {redact.url(constants.ENDPOINT)} ({type(err).__name__}); check the network, or look first with --dry-run"
         ) from None
     if get_token() is None:
         raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token that can write)")
@@ -103,8 +114,12 @@ def send(repo_id: str, ops: list[CommitOperationAdd], private: bool, revision: s
         commit = api.create_commit(repo_id, ops, commit_message=message, revision=revision)
         is_private = bool(api.repo_info(repo_id).private)
     except HfHubHTTPError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{repo_id}: the Hub refused the push ({first_line}); check the token can write there") from None
+        status = err.response.status_code if err.response is not None else None
+        said = " ".join((err.server_message or "").split())[:500] or type(err).__name__
+        fix = REFUSED.get(status, "run it again later, or look first with --dry-run")
+        raise UserError(f"{repo_id}: the Hub refused the push (HTTP {status}: {said}); {fix}") from None
+    except TransportError as err:
+        raise UserError(f"{repo_id}: the push failed on the network ({type(err).__name__}: {err}); run it again") from None
     return commit.commit_url, is_private
 
 
@@ -142,11 +157,17 @@ def main(args: argparse.Namespace) -> None:
         raise UserError("--repo-id and --base-model name one repository: push one STAGE at a time with them")
     if not args.repo_id and not hub.namespace:
         raise UserError("pass --repo-id USER/NAME, or set hub.namespace in params.yaml")
+    repo_ids = {stage: args.repo_id or hub.repo_id(stage) for stage in stages}
+    for repo_id in repo_ids.values():
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError as err:
+            raise UserError(f"{repo_id!r} is not a Hub repository id ({err}); give USER/NAME") from None
     if not args.dry_run:
         require_hub()
     private = hub.private if args.private is None else args.private
     for stage in stages:
-        push_one(stage, args.repo_id or hub.repo_id(stage), private, args, params)
+        push_one(stage, repo_ids[stage], private, args, params)
 
 
 def push_one(stage: str, repo_id: str, private: bool, args: argparse.Namespace, params: pipeline_params.Params) -> None:
@@ -157,7 +178,7 @@ def push_one(stage: str, repo_id: str, private: bool, args: argparse.Namespace, 
     evaluation = evaluation_of(Path(args.artifacts) / SCORED_AS.get(stage, FOLDERS[stage]), Path(args.evaluation))
     if facts.artifact in ("sft", "lora", "lora-merged") and evaluation is None:
         print(f"push: {args.evaluation} has no scores of the weights in {folder}; the card leaves the judge out (run `dvc repro`)")
-    card = cards.model_card(facts, repo_id, hub.license, hub.language, evaluation, base, on_hub=True)
+    card = cards.model_card(facts, repo_id, hub.license, hub.language, evaluation, base, on_hub=True, revision=args.revision)
     ops = operations(folder, card, base)
     size = sum(Path(op.path_or_fileobj).stat().st_size if isinstance(op.path_or_fileobj, (str, Path)) else len(op.path_or_fileobj) for op in ops)
 

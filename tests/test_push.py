@@ -4,16 +4,18 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx2
 import pytest
 import requests
 import yaml
 from huggingface_hub import HfApi, ModelCard, constants
 from huggingface_hub.hf_api import CommitInfo
+from huggingface_hub.utils import hf_raise_for_status
 from peft import PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmpipe import adapters, cards, cli, push
-from tests.conftest import FAKE_SECRET, REPO, run_cli
+from tests.conftest import FAKE_SECRET, REPO, assert_refused, run_cli
 
 FAKE_TOKEN = FAKE_SECRET
 
@@ -175,3 +177,32 @@ def test_visibility_follows_the_flag_then_params(workdir, hub):
         (workdir / "params.yaml").write_text(yaml.safe_dump(params))
         assert cli.main(["push", "pretrain", *flag]) == 0
         assert hub["repos"].pop() == ("alice/llmpipe-pretrain", {"private": sent_private, "exist_ok": True}), flag
+
+
+def hub_answer(status: int, error: str):
+    """What create_repo raises when the Hub answers `status` with `error` (huggingface_hub's own parsing)."""
+    request = httpx2.Request("POST", "https://huggingface.co/api/repos/create")
+    hf_raise_for_status(httpx2.Response(status, json={"error": error}, request=request))
+
+
+@pytest.mark.parametrize("raised, culprits", [
+    (lambda: hub_answer(400, 'Invalid metadata in README.md.\n- "license" must be one of [...]'),
+     ["HTTP 400: Invalid metadata in README.md. - \"license\" must be one of", "hub.license"]),
+    (lambda: hub_answer(403, "You don't have the rights to create a model under the namespace \"alice\""),
+     ["HTTP 403: You don't have the rights", "use a write token"]),
+    (lambda: (_ for _ in ()).throw(httpx2.ConnectError("[Errno -2] Name or service not known")),
+     ["the push failed on the network (ConnectError: [Errno -2] Name or service not known)"]),
+], ids=["bad metadata", "no rights", "network"])
+def test_a_refused_push_says_what_the_hub_said_and_what_to_do(workdir, hub, monkeypatch, capsys, raised, culprits):
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: raised())
+    assert_refused(cli.main(["push", "pretrain"]), capsys.readouterr().err, "alice/llmpipe-pretrain", *culprits)
+
+
+def test_a_bad_repo_id_is_refused_before_anything_runs(workdir, capsys):
+    assert_refused(cli.main(["push", "pretrain", "--repo-id", "a/b/c", "--dry-run"]), capsys.readouterr().err,
+                   "'a/b/c' is not a Hub repository id", "give USER/NAME")
+
+
+def test_the_usage_snippet_loads_the_pushed_revision(workdir, capsys):
+    assert cli.main(["push", "pretrain", "--revision", "dev", "--dry-run"]) == 0
+    assert "model='alice/llmpipe-pretrain', revision='dev')" in capsys.readouterr().out
