@@ -3,6 +3,7 @@
 from pathlib import Path
 from typing import Callable
 
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -17,7 +18,7 @@ from llmpipe.errors import UserError
 
 def _not_loadable(source: str, what: str, err: Exception) -> UserError:
     if Path(source).exists():
-        fix = "point to a folder a stage wrote (e.g. artifacts/pretrain), or run `make repro` first"
+        fix = "point to a folder a stage wrote (artifacts/<stage>), or run `make repro` first"
     else:
         fix = "no such folder; for a Hub id you need the network (and HF_HUB_OFFLINE unset)"
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -25,11 +26,37 @@ def _not_loadable(source: str, what: str, err: Exception) -> UserError:
 
 
 def load_pretrained(load: Callable, source: str | Path, what: str, **kwargs):
-    """`load(source, **kwargs)` (a `from_pretrained`), with a message a user can act on if it fails."""
+    """`load(source, **kwargs)` (a `from_pretrained`), with a message a user can act on if it fails
+    (RuntimeError: weights of another shape than the config; SafetensorError: a truncated file)."""
     try:
         return load(str(source), **kwargs)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
         raise _not_loadable(str(source), what, err) from None
+
+
+def _some(keys: list[str]) -> str:
+    return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def load_model(model_class: type, source: str | Path, what: str, new_weights: tuple[str, ...] = (), **kwargs) -> PreTrainedModel:
+    """`model_class.from_pretrained(source)` from safetensors only. Weights the folder lacks (but
+    `new_weights`: a head the caller adds) or holds beyond what its config builds would load silently
+    as random or dropped layers: the config and the weights come from different runs, or another task."""
+    model, info = load_pretrained(
+        model_class.from_pretrained, source, what, use_safetensors=True, output_loading_info=True, **kwargs
+    )
+    missing = sorted(key for key in info["missing_keys"] if key not in new_weights)
+    extra = sorted(info["unexpected_keys"])
+    if missing or extra:
+        found = "; ".join(
+            part for part in (missing and f"missing from its weights: {_some(missing)}",
+                              extra and f"in its weights but not in a {what}: {_some(extra)}") if part
+        )
+        raise UserError(
+            f"{source}: its weights do not fit a {what} built from its config.json ({found}); the config and the "
+            "weights come from different runs, or the folder holds another kind of model: use a folder a stage wrote for this"
+        )
+    return model
 
 
 def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
@@ -42,7 +69,7 @@ def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
 
 def load_causal_lm(source: str | Path) -> PreTrainedModel:
     """Weights load from safetensors only."""
-    return load_pretrained(AutoModelForCausalLM.from_pretrained, source, "causal language model", use_safetensors=True)
+    return load_model(AutoModelForCausalLM, source, "causal language model")
 
 
 def check_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, source: str | Path) -> None:
@@ -62,7 +89,7 @@ def load_for_task(source: str | Path, task: str, adapter_base: str | None = None
 
         return PeftModel.from_pretrained(load_causal_lm(adapter_base), str(source))
     if task == "text-classification":
-        return load_pretrained(AutoModelForSequenceClassification.from_pretrained, source, "classifier", use_safetensors=True)
+        return load_model(AutoModelForSequenceClassification, source, "classifier")
     return load_causal_lm(source)
 
 

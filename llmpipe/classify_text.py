@@ -4,7 +4,8 @@ import argparse
 
 from transformers import pipeline
 
-from llmpipe import artifacts
+from llmpipe import artifacts, spam
+from llmpipe.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,10 +14,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    classifier = artifacts.load_pretrained(
-        lambda source: pipeline("text-classification", model=source, model_kwargs={"use_safetensors": True}),
-        args.model, "classifier",
-    )
+    if empty := [i for i, text in enumerate(args.texts, 1) if not text.strip()]:
+        raise UserError(f"text {empty[0]} is empty; give each TEXT some words")
+    model = artifacts.load_for_task(args.model, "text-classification")
+    if set(model.config.id2label.values()) != set(spam.LABELS):
+        raise UserError(f"{args.model}: labels {sorted(model.config.id2label.values())}, not {'/'.join(spam.LABELS)}: "
+                        "point --model at the classify stage's folder (artifacts/classify)")
+    classifier = pipeline("text-classification", model=model, tokenizer=artifacts.load_tokenizer(args.model))
     context = artifacts.context_length(classifier.model)
     for text, result in zip(args.texts, classifier(args.texts, truncation=True, max_length=context)):
         print(f"{result['label']}\t{result['score']:.3f}\t{text}")

@@ -1,6 +1,8 @@
-"""Bad models: a folder without a model, a tokenizer from another run, checkpoints of another shape."""
+"""Bad models: a folder without a model, weights that do not fit their config or task, a tokenizer from
+another run, checkpoints of another shape."""
 
 import json
+import shutil
 
 from llmpipe import cli
 from tests.conftest import assert_refused, outputs_snapshot, staging_leftovers
@@ -37,3 +39,32 @@ def test_checkpoints_of_another_shape_are_refused_and_kept(inside, capsys):
     assert_refused(code, capsys.readouterr().err, "checkpoints/pretrain: holds checkpoints of an unfinished run",
                    "recipe.model.n_embd: 32 there, 64 now", "--restart")
     assert sorted(p.name for p in run_file.parent.iterdir()) == saved
+
+
+def test_weights_that_do_not_fit_their_config_are_named(inside, capsys, tmp_path):
+    changed = shutil.copytree("artifacts/pretrain", tmp_path / "fewer-layers")
+    config = json.loads((changed / "config.json").read_text())
+    (changed / "config.json").write_text(json.dumps({**config, "n_layer": config["n_layer"] - 1}))
+    assert_refused(cli.main(["generate", "--model", str(changed), "--prompt", "Hi"]), capsys.readouterr().err,
+                   f"{changed}: its weights do not fit a causal language model built from its config.json",
+                   f"transformer.h.{config['n_layer'] - 1}.")
+    (changed / "config.json").write_text(json.dumps({**config, "n_embd": config["n_embd"] * 2}))
+    assert_refused(cli.main(["generate", "--model", str(changed), "--prompt", "Hi"]), capsys.readouterr().err,
+                   f"{changed}: cannot load a causal language model")
+
+
+def test_truncated_weights_are_named(inside, capsys, tmp_path):
+    cut = shutil.copytree("artifacts/pretrain", tmp_path / "cut")
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert_refused(cli.main(["generate", "--model", str(cut), "--prompt", "Hi"]), capsys.readouterr().err,
+                   f"{cut}: cannot load a causal language model")
+
+
+def test_a_model_of_another_task_is_named(inside, capsys):
+    assert_refused(cli.main(["classify-text", "--model", "artifacts/pretrain", "Hi"]), capsys.readouterr().err,
+                   "artifacts/pretrain: its weights do not fit a classifier", "missing from its weights: score.weight")
+
+
+def test_an_empty_text_to_classify_is_named(inside, capsys):
+    assert_refused(cli.main(["classify-text", "fine", " "]), capsys.readouterr().err, "text 2 is empty")

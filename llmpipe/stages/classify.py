@@ -37,10 +37,10 @@ class ClassifyRecipe:
 
 
 def load_classifier(source: str, config_changes: dict) -> PreTrainedModel:
-    return artifacts.load_pretrained(
-        AutoModelForSequenceClassification.from_pretrained, source, "model to classify with",
+    return artifacts.load_model(
+        AutoModelForSequenceClassification, source, "model to classify with", new_weights=("score.weight",),
         num_labels=len(spam.LABELS), id2label=dict(enumerate(spam.LABELS)),
-        label2id={label: i for i, label in enumerate(spam.LABELS)}, use_safetensors=True, **config_changes,
+        label2id={label: i for i, label in enumerate(spam.LABELS)}, **config_changes,
     )
 
 
