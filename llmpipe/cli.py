@@ -3,6 +3,7 @@
 import argparse
 import errno
 import importlib
+import os
 import sys
 
 from llmpipe.errors import UserError
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"llmpipe {name}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`llmpipe push --dry-run | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        return 0
     except KeyboardInterrupt:
         print(f"\nllmpipe {name}: interrupted; outputs left as they were", file=sys.stderr)
         return 130

@@ -65,8 +65,9 @@ def _expand(patterns: list[str]) -> list[Path]:
 
 
 def _decode(raw: bytes, path: Path, offset: int) -> str:
+    """UTF-8 text; a byte-order mark at the start of a file (Windows editors write one) is dropped."""
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig" if offset == 0 else "utf-8")
     except UnicodeDecodeError as err:
         raise UserError(
             f"{path}: not UTF-8 text (byte offset {offset + err.start}: {raw[err.start:err.start + 4]!r}); "

@@ -45,7 +45,11 @@ def answering_uri(settings: MlflowParams) -> str:
     """The tracking URI, once a server behind it answers (a dead one would make MLflow retry for minutes,
     after the stage had trained). `unreachable: local` falls back to the repository's own store."""
     uri = tracking_uri(settings)
-    if urlsplit(uri).scheme not in ("http", "https"):
+    try:
+        scheme = urlsplit(uri).scheme
+    except ValueError as err:
+        raise UserError(f"MLflow tracking URI {redact.url(uri)} does not parse ({err}); fix MLFLOW_TRACKING_URI or mlflow.tracking_uri") from None
+    if scheme not in ("http", "https"):
         return uri
     import requests
 

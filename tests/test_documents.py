@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from llmpipe.documents import deduplicate, load, read_documents, split
+from llmpipe.documents import deduplicate, load, read_documents, read_text, split
 from llmpipe.errors import UserError
 from llmpipe.params import DataParams
 
@@ -15,6 +15,13 @@ def test_paragraphs_lines_and_files(tmp_path):
     assert list(read_documents(path, "paragraphs")) == ["first para\nstill first", "second", "third"]
     assert list(read_documents(path, "lines")) == ["first para", "still first", "second", "third"]
     assert list(read_documents(path, "files")) == [text.strip()]
+
+
+def test_a_byte_order_mark_at_the_start_is_dropped_and_nowhere_else(tmp_path):
+    path = tmp_path / "windows.txt"
+    path.write_bytes("\ufeffham\thello\n\ufeffkept\n".encode("utf-8"))
+    assert list(read_documents(path, "lines")) == ["ham\thello", "\ufeffkept"]
+    assert read_text(path).startswith("ham\t")
 
 
 def documents(texts: list[str]) -> Dataset:

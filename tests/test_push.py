@@ -1,6 +1,9 @@
 """`llmpipe push` against a patched `HfApi` (create_repo/create_branch/create_commit are the network boundary)."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -206,3 +209,12 @@ def test_a_bad_repo_id_is_refused_before_anything_runs(workdir, capsys):
 def test_the_usage_snippet_loads_the_pushed_revision(workdir, capsys):
     assert cli.main(["push", "pretrain", "--revision", "dev", "--dry-run"]) == 0
     assert "model='alice/llmpipe-pretrain', revision='dev')" in capsys.readouterr().out
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(workdir):
+    """`llmpipe push ... --dry-run | head`: the pipe is closed before the command writes anything."""
+    argv = [sys.executable, "-m", "llmpipe", "push", "pretrain", "--dry-run"]
+    process = subprocess.Popen(argv, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err

@@ -3,7 +3,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from llmpipe import tracking
+from llmpipe.errors import UserError
 from llmpipe.params import MlflowParams
 
 
@@ -22,6 +25,12 @@ def test_tracking_uri_precedence(monkeypatch, tmp_path):
     assert tracking.tracking_uri(MlflowParams(tracking_uri="http://127.0.0.1:5000")) == "http://127.0.0.1:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere.db")
     assert tracking.tracking_uri(MlflowParams(tracking_uri="http://127.0.0.1:5000")) == "sqlite:////elsewhere.db"
+
+
+def test_a_tracking_uri_that_does_not_parse_is_named(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://[::1")
+    with pytest.raises(UserError, match=r"MLflow tracking URI http://\[::1 does not parse .*fix MLFLOW_TRACKING_URI"):
+        tracking.answering_uri(MlflowParams())
 
 
 def test_pipeline_id_comes_from_the_environment_or_a_dvc_ancestor(monkeypatch, tmp_path):
