@@ -38,6 +38,16 @@ def _some(keys: list[str]) -> str:
     return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
+def _module_exists(model: PreTrainedModel, name: str) -> bool:
+    for root in (model, model.base_model):  # checkpoint names may leave out the base model's prefix
+        try:
+            root.get_submodule(name)
+            return True
+        except AttributeError:
+            pass
+    return False
+
+
 def load_model(model_class: type, source: str | Path, what: str, new_weights: tuple[str, ...] = (), **kwargs) -> PreTrainedModel:
     """`model_class.from_pretrained(source)` from safetensors only. Weights the folder lacks (but
     `new_weights`: a head the caller adds) or holds beyond what its config builds would load silently
@@ -46,7 +56,9 @@ def load_model(model_class: type, source: str | Path, what: str, new_weights: tu
         model_class.from_pretrained, source, what, use_safetensors=True, output_loading_info=True, **kwargs
     )
     missing = sorted(key for key in info["missing_keys"] if key not in new_weights)
-    extra = sorted(info["unexpected_keys"])
+    # a stale buffer on a module the model has (GPT-2's old `attn.masked_bias`) is harmless; a tensor of a
+    # module it lacks (a layer beyond n_layer, another task's head) means the weights are not this model's
+    extra = sorted(key for key in info["unexpected_keys"] if not _module_exists(model, key.rpartition(".")[0]))
     if missing or extra:
         found = "; ".join(
             part for part in (missing and f"missing from its weights: {_some(missing)}",

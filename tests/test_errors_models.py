@@ -4,7 +4,12 @@ another run, checkpoints of another shape."""
 import json
 import shutil
 
-from llmpipe import cli
+import torch
+from safetensors.torch import save_file
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from llmpipe import artifacts, cli
+from llmpipe.stages.classify import load_classifier
 from tests.conftest import assert_refused, outputs_snapshot, staging_leftovers
 
 
@@ -68,3 +73,19 @@ def test_a_model_of_another_task_is_named(inside, capsys):
 
 def test_an_empty_text_to_classify_is_named(inside, capsys):
     assert_refused(cli.main(["classify-text", "fine", " "]), capsys.readouterr().err, "text 2 is empty")
+
+
+def test_a_checkpoint_in_the_hubs_gpt2_layout_still_loads(tmp_path):
+    """OpenAI's GPT-2 on the Hub: no `transformer.` prefix, no lm_head (tied), and the attention-mask
+    buffers `attn.bias` / `attn.masked_bias` that the current model class no longer has."""
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=300, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config)
+    state = {key.removeprefix("transformer."): value for key, value in model.state_dict().items() if key != "lm_head.weight"}
+    for layer in range(config.n_layer):
+        state[f"h.{layer}.attn.bias"] = torch.tril(torch.ones(64, 64)).view(1, 1, 64, 64)
+        state[f"h.{layer}.attn.masked_bias"] = torch.tensor(-1e4)
+    config.save_pretrained(tmp_path)
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = artifacts.load_causal_lm(tmp_path)
+    assert torch.equal(loaded.transformer.h[1].mlp.c_fc.weight, model.transformer.h[1].mlp.c_fc.weight)
+    assert load_classifier(str(tmp_path), {}).config.id2label == {0: "ham", 1: "spam"}
