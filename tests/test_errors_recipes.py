@@ -52,6 +52,11 @@ CASES = {
         ["evaluate", "--set", "decoding.max_new_tokens=-3"],
         ["recipes/test/evaluate.yaml: `decoding.max_new_tokens` must be at least 1 (got -3)"],
     ),
+    "more new tokens than the context in evaluation": (
+        ["evaluate", "--set", "decoding.max_new_tokens=512", "--set", "models={pretrain: artifacts/pretrain}",
+         "--set", "judge.model=artifacts/pretrain"],
+        ["recipes/test/evaluate.yaml: `decoding.max_new_tokens` (512) leaves no room for a prompt", "context of 512 tokens"],
+    ),
     "missing recipe file": (["pretrain", "--recipe", "recipes/test/pretrian.yaml"], ["recipes/test/pretrian.yaml: file not found"]),
     "not YAML": (["corpus", "--set", "stride"], ["--set 'stride': expected KEY=VALUE"]),
 }

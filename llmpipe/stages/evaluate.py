@@ -103,11 +103,15 @@ def summarize(rows: list[dict], rouge_l: float, settings: Bootstrap) -> dict:
     return summary
 
 
-def answer(source: str, entries: list[dict], prompt_format: str, recipe: EvaluateRecipe, device: str, desc: str) -> list[str]:
+def answer(source: str, entries: list[dict], prompt_format: str, job: stage.Stage, device: str, desc: str) -> list[str]:
+    recipe = job.recipe
     tokenizer = artifacts.load_tokenizer(source)
     instructions.prepare_tokenizer(tokenizer, prompt_format)
     model = artifacts.load_causal_lm(source).to(device)
     artifacts.check_vocabulary(model, tokenizer, source)
+    if recipe.decoding.max_new_tokens >= (context := artifacts.context_length(model)):
+        raise UserError(f"{job.recipe_path}: `decoding.max_new_tokens` ({recipe.decoding.max_new_tokens}) leaves no room "
+                        f"for a prompt in {source}'s context of {context} tokens; lower it")
     settings = generate.decoding(
         tokenizer, recipe.decoding.max_new_tokens, recipe.decoding.temperature, recipe.decoding.top_k, recipe.decoding.top_p
     )
@@ -135,7 +139,7 @@ def main(args: argparse.Namespace) -> None:
         results = {}
         with atomic.directory(args.output) as staging:
             for name, source in recipe.models.items():
-                answers = answer(source, entries, prompt_format, recipe, device, f"{name}: generating")
+                answers = answer(source, entries, prompt_format, job, device, f"{name}: generating")
                 verdicts = judged.compute(predictions=answers, references=references, requests=requests, judge=the_judge)
                 overlap = rouge.compute(predictions=answers, references=references)
                 rows = [
