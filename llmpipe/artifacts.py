@@ -8,6 +8,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -27,10 +28,10 @@ def _not_loadable(source: str, what: str, err: Exception) -> UserError:
 
 def load_pretrained(load: Callable, source: str | Path, what: str, **kwargs):
     """`load(source, **kwargs)` (a `from_pretrained`), with a message a user can act on if it fails
-    (RuntimeError: weights of another shape than the config; SafetensorError: a truncated file)."""
+    (SafetensorError: a truncated weights file)."""
     try:
         return load(str(source), **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
+    except (OSError, ValueError, KeyError, SafetensorError) as err:
         raise _not_loadable(str(source), what, err) from None
 
 
@@ -39,6 +40,8 @@ def _some(keys: list[str]) -> str:
 
 
 def _module_exists(model: PreTrainedModel, name: str) -> bool:
+    if not name:  # a top-level tensor: no module of the model holds it
+        return False
     for root in (model, model.base_model):  # checkpoint names may leave out the base model's prefix
         try:
             root.get_submodule(name)
@@ -48,21 +51,30 @@ def _module_exists(model: PreTrainedModel, name: str) -> bool:
     return False
 
 
-def load_model(model_class: type, source: str | Path, what: str, new_weights: tuple[str, ...] = (), **kwargs) -> PreTrainedModel:
+def load_model(
+    model_class: type, source: str | Path, what: str, new_weights: tuple[str, ...] = (), dropped: tuple[str, ...] = (), **kwargs
+) -> PreTrainedModel:
     """`model_class.from_pretrained(source)` from safetensors only. Weights the folder lacks (but
-    `new_weights`: a head the caller adds) or holds beyond what its config builds would load silently
-    as random or dropped layers: the config and the weights come from different runs, or another task."""
+    `new_weights`: a head the caller adds), holds beyond what its config builds (but the modules in
+    `dropped`: a head the caller replaces) or holds in other shapes would load silently as random or
+    dropped layers: the config and the weights come from different runs, or another task."""
     model, info = load_pretrained(
-        model_class.from_pretrained, source, what, use_safetensors=True, output_loading_info=True, **kwargs
+        model_class.from_pretrained, source, what, use_safetensors=True, output_loading_info=True,
+        ignore_mismatched_sizes=True, **kwargs,  # reported in `info` rather than raised, so they can be named
     )
     missing = sorted(key for key in info["missing_keys"] if key not in new_weights)
     # a stale buffer on a module the model has (GPT-2's old `attn.masked_bias`) is harmless; a tensor of a
     # module it lacks (a layer beyond n_layer, another task's head) means the weights are not this model's
-    extra = sorted(key for key in info["unexpected_keys"] if not _module_exists(model, key.rpartition(".")[0]))
-    if missing or extra:
+    extra = sorted(
+        key for key in info["unexpected_keys"]
+        if not _module_exists(model, key.rpartition(".")[0]) and key.split(".")[0] not in dropped
+    )
+    mismatched = sorted(str(key[0] if isinstance(key, tuple) else key) for key in info["mismatched_keys"])
+    if missing or extra or mismatched:
         found = "; ".join(
             part for part in (missing and f"missing from its weights: {_some(missing)}",
-                              extra and f"in its weights but not in a {what}: {_some(extra)}") if part
+                              extra and f"in its weights but not in a {what}: {_some(extra)}",
+                              mismatched and f"of another shape: {_some(mismatched)}") if part
         )
         raise UserError(
             f"{source}: its weights do not fit a {what} built from its config.json ({found}); the config and the "
@@ -111,9 +123,9 @@ def weights_digest(source: str | Path) -> str | None:
     return digest(files) if files else None
 
 
-def context_length(model: PreTrainedModel) -> int:
-    """Positions the model can attend over (GPT-2 names it n_positions; most others max_position_embeddings)."""
-    config = model.config
+def context_length(model: PreTrainedModel | PretrainedConfig) -> int:
+    """Positions the model (or its config) can attend over (GPT-2 names it n_positions; most others max_position_embeddings)."""
+    config = getattr(model, "config", model)
     return config.n_positions if hasattr(config, "n_positions") else config.max_position_embeddings
 
 

@@ -4,6 +4,7 @@ import argparse
 import errno
 import importlib
 import os
+import select
 import sys
 
 from llmpipe.errors import UserError
@@ -31,6 +32,13 @@ def no_space(err: BaseException | None) -> OSError | None:
     return None
 
 
+def stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reading end was closed (poll reports an error on it)."""
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), select.POLLERR)
+    return bool(poller.poll(0))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     top = argparse.ArgumentParser(prog="llmpipe", description="The LLMs-from-scratch journey as a reproducible HF pipeline.")
@@ -47,11 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     try:
         module.main(args)
+        sys.stdout.flush()  # a reader that went away shows here rather than at exit
     except UserError as err:
         print(f"llmpipe {name}: error: {err}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # the reader went away (`llmpipe push --dry-run | head`): not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+    except BrokenPipeError:
+        if not stdout_reader_gone():
+            raise
+        # `llmpipe push --dry-run | head`: the reader has what it wanted; Python's flush at exit would fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
         print(f"\nllmpipe {name}: interrupted; outputs left as they were", file=sys.stderr)

@@ -9,6 +9,7 @@ memory-mapped files. Memory holds a writer batch of documents, plus 8 bytes per 
 duplicates, never the corpus.
 """
 
+import codecs
 import glob
 import hashlib
 import unicodedata
@@ -66,8 +67,10 @@ def _expand(patterns: list[str]) -> list[Path]:
 
 def _decode(raw: bytes, path: Path, offset: int) -> str:
     """UTF-8 text; a byte-order mark at the start of a file (Windows editors write one) is dropped."""
+    if offset == 0 and raw.startswith(codecs.BOM_UTF8):
+        raw, offset = raw[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
     try:
-        return raw.decode("utf-8-sig" if offset == 0 else "utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise UserError(
             f"{path}: not UTF-8 text (byte offset {offset + err.start}: {raw[err.start:err.start + 4]!r}); "

@@ -115,7 +115,7 @@ def send(repo_id: str, ops: list[CommitOperationAdd], private: bool, revision: s
         is_private = bool(api.repo_info(repo_id).private)
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
-        said = " ".join((err.server_message or "").split())[:500] or type(err).__name__
+        said = " ".join((err.server_message or "").split())[:500] or (err.response.reason_phrase if err.response is not None else "")
         fix = REFUSED.get(status, "run it again later, or look first with --dry-run")
         raise UserError(f"{repo_id}: the Hub refused the push (HTTP {status}: {said}); {fix}") from None
     except TransportError as err:
@@ -162,7 +162,8 @@ def main(args: argparse.Namespace) -> None:
         try:
             validate_repo_id(repo_id)
         except HFValidationError as err:
-            raise UserError(f"{repo_id!r} is not a Hub repository id ({err}); give USER/NAME") from None
+            where = "--repo-id" if args.repo_id else "params.yaml hub.namespace / hub.name_prefix"
+            raise UserError(f"{repo_id!r} is not a Hub repository id ({err}); fix {where} (USER/NAME)") from None
     if not args.dry_run:
         require_hub()
     private = hub.private if args.private is None else args.private

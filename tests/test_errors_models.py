@@ -55,7 +55,7 @@ def test_weights_that_do_not_fit_their_config_are_named(inside, capsys, tmp_path
                    f"transformer.h.{config['n_layer'] - 1}.")
     (changed / "config.json").write_text(json.dumps({**config, "n_embd": config["n_embd"] * 2}))
     assert_refused(cli.main(["generate", "--model", str(changed), "--prompt", "Hi"]), capsys.readouterr().err,
-                   f"{changed}: cannot load a causal language model")
+                   f"{changed}: its weights do not fit", "of another shape: transformer.h.0.attn.c_attn.bias")
 
 
 def test_truncated_weights_are_named(inside, capsys, tmp_path):
@@ -89,3 +89,11 @@ def test_a_checkpoint_in_the_hubs_gpt2_layout_still_loads(tmp_path):
     loaded = artifacts.load_causal_lm(tmp_path)
     assert torch.equal(loaded.transformer.h[1].mlp.c_fc.weight, model.transformer.h[1].mlp.c_fc.weight)
     assert load_classifier(str(tmp_path), {}).config.id2label == {0: "ham", 1: "spam"}
+
+
+def test_a_base_with_its_own_output_layer_becomes_a_classifier(tmp_path):
+    """Untied embeddings (most causal LMs but GPT-2): the classifier drops `lm_head` and adds its head."""
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=64, vocab_size=300, bos_token_id=0, eos_token_id=0,
+                        tie_word_embeddings=False)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    assert load_classifier(str(tmp_path), {}).config.num_labels == 2

@@ -203,7 +203,7 @@ def test_a_refused_push_says_what_the_hub_said_and_what_to_do(workdir, hub, monk
 
 def test_a_bad_repo_id_is_refused_before_anything_runs(workdir, capsys):
     assert_refused(cli.main(["push", "pretrain", "--repo-id", "a/b/c", "--dry-run"]), capsys.readouterr().err,
-                   "'a/b/c' is not a Hub repository id", "give USER/NAME")
+                   "'a/b/c' is not a Hub repository id", "fix --repo-id (USER/NAME)")
 
 
 def test_the_usage_snippet_loads_the_pushed_revision(workdir, capsys):
@@ -214,7 +214,8 @@ def test_the_usage_snippet_loads_the_pushed_revision(workdir, capsys):
 def test_a_reader_that_stops_early_gets_no_traceback(workdir):
     """`llmpipe push ... --dry-run | head`: the pipe is closed before the command writes anything."""
     argv = [sys.executable, "-m", "llmpipe", "push", "pretrain", "--dry-run"]
-    process = subprocess.Popen(argv, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"} | {"PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(argv, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     process.stdout.close()
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err

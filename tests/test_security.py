@@ -94,6 +94,7 @@ def test_a_token_in_a_recipe_is_refused_before_mlflow_sees_it(inside, capsys, tm
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     code = cli.main(["pretrain", "--params", str(tmp_path / "params.yaml"), "--set", f"training.hub_token={FAKE_SECRET}"])
     assert_refused(code, capsys.readouterr().err, "`training.hub_token` is set by llmpipe")
+    assert not (tmp_path / "mlflow.db").exists()  # refused before any run started, not merely redacted in one
     assert not any(FAKE_SECRET.encode() in path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and path.name != "params.yaml")
 
 

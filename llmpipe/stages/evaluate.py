@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 import torch
 from scipy import stats
-from transformers import set_seed
+from transformers import AutoConfig, set_seed
 
 from llmpipe import artifacts, atomic, charts, config, generate, instructions, metric_modules, responses, stage
 from llmpipe.errors import UserError
@@ -103,15 +103,21 @@ def summarize(rows: list[dict], rouge_l: float, settings: Bootstrap) -> dict:
     return summary
 
 
-def answer(source: str, entries: list[dict], prompt_format: str, job: stage.Stage, device: str, desc: str) -> list[str]:
-    recipe = job.recipe
+def check_room(job: stage.Stage) -> None:
+    """Every model's context must hold a prompt and the new tokens: checked on the configs, before any model runs."""
+    asked = job.recipe.decoding.max_new_tokens
+    for source in job.recipe.models.values():
+        context = artifacts.context_length(artifacts.load_pretrained(AutoConfig.from_pretrained, source, "model"))
+        if asked >= context:
+            raise UserError(f"{job.recipe_path}: `decoding.max_new_tokens` ({asked}) leaves no room for a prompt in "
+                            f"{source}'s context of {context} tokens; lower it")
+
+
+def answer(source: str, entries: list[dict], prompt_format: str, recipe: EvaluateRecipe, device: str, desc: str) -> list[str]:
     tokenizer = artifacts.load_tokenizer(source)
     instructions.prepare_tokenizer(tokenizer, prompt_format)
     model = artifacts.load_causal_lm(source).to(device)
     artifacts.check_vocabulary(model, tokenizer, source)
-    if recipe.decoding.max_new_tokens >= (context := artifacts.context_length(model)):
-        raise UserError(f"{job.recipe_path}: `decoding.max_new_tokens` ({recipe.decoding.max_new_tokens}) leaves no room "
-                        f"for a prompt in {source}'s context of {context} tokens; lower it")
     settings = generate.decoding(
         tokenizer, recipe.decoding.max_new_tokens, recipe.decoding.temperature, recipe.decoding.top_k, recipe.decoding.top_p
     )
@@ -126,6 +132,7 @@ def main(args: argparse.Namespace) -> None:
     if not recipe.models:
         raise UserError(f"{job.recipe_path}: `models` is empty; name at least one model to evaluate")
     entries, prompt_format = test_entries(job)
+    check_room(job)
     is_self = recipe.judge.model == "self"
     judge_settings = dataclasses.replace(recipe.judge, model=args.self_judge) if is_self else recipe.judge
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -139,7 +146,7 @@ def main(args: argparse.Namespace) -> None:
         results = {}
         with atomic.directory(args.output) as staging:
             for name, source in recipe.models.items():
-                answers = answer(source, entries, prompt_format, job, device, f"{name}: generating")
+                answers = answer(source, entries, prompt_format, recipe, device, f"{name}: generating")
                 verdicts = judged.compute(predictions=answers, references=references, requests=requests, judge=the_judge)
                 overlap = rouge.compute(predictions=answers, references=references)
                 rows = [
