@@ -222,9 +222,10 @@ def model_card(
         judged = [r.metric_config for r in results if r.metric_config]
         note = f"\n\nJudged by {judged[0]}." if judged else ""
         sections.append("## Evaluation\n\n" + _table(("Metric", "Value"), rows) + note)
-    copied = facts.artifact == "tokenizer" and facts.base_model  # taken as is: trained on nothing here
-    sources = [] if copied else [(f"`{s.path}`", f"{s.origin}; license: {s.license}") for s in data_sources(facts.data)]
-    sources += [] if copied else [(f"`{d}` (Hugging Face Hub)", "see the data set's card") for d in facts.hub_data]
+    sources = []
+    if not (facts.artifact == "tokenizer" and facts.base_model):  # a copied tokenizer was trained on nothing here
+        sources = [(f"`{s.path}`", f"{s.origin}; license: {s.license}") for s in data_sources(facts.data)]
+        sources += [(f"`{d}` (Hugging Face Hub)", "see the data set's card") for d in facts.hub_data]
     if sources:
         sections.append("## Training data\n\n" + _table(("Data", "Source and license"), sources))
     if facts.settings:

@@ -21,6 +21,6 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(f"{args.model}: labels {sorted(model.config.id2label.values())}, not {'/'.join(spam.LABELS)}: "
                         "point --model at the classify stage's folder (artifacts/classify)")
     classifier = pipeline("text-classification", model=model, tokenizer=artifacts.load_tokenizer(args.model))
-    context = artifacts.context_length(classifier.model)
+    context = artifacts.context_length(model)
     for text, result in zip(args.texts, classifier(args.texts, truncation=True, max_length=context)):
         print(f"{result['label']}\t{result['score']:.3f}\t{text}")

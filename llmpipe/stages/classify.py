@@ -100,8 +100,8 @@ def main(args: argparse.Namespace) -> None:
         )
         stage.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.classify_data]))
         final = trainer.evaluate(eval_dataset=dict(encoded))
-        metrics = {}  # rank 0 reports (the other ranks would measure the CPU peak against it)
-        if trainer.is_world_process_zero():
+        metrics = {}
+        if trainer.is_world_process_zero():  # rank 0 reports (the other ranks would measure the CPU peak against it)
             metrics = counts | timer.summary(trainer)
             for split in splits:
                 for key in ("accuracy", "precision", "recall", "f1"):

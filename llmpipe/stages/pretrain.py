@@ -116,14 +116,16 @@ def main(args: argparse.Namespace) -> None:
         stage.train(trainer, args, checkpoints.run_identity(recipe, model, [f["filename"] for f in corpus["train"].cache_files]))
         final = trainer.evaluate()
         initial = stage.initial_losses(trainer.state.log_history)
-        metrics = {  # rank 0 reports (the other ranks would measure the CPU peak against it)
-            **stage.loss_metrics(initial, final),
-            "val_perplexity": round(math.exp(final["eval_validation_loss"]), 2),
-            "parameters": model.num_parameters(),
-            "steps": trainer.state.global_step,
-            "train_tokens": trainer.state.num_input_tokens_seen,
-            **timer.summary(trainer),
-        } if trainer.is_world_process_zero() else {}
+        metrics = {}
+        if trainer.is_world_process_zero():  # rank 0 reports (the other ranks would measure the CPU peak against it)
+            metrics = {
+                **stage.loss_metrics(initial, final),
+                "val_perplexity": round(math.exp(final["eval_validation_loss"]), 2),
+                "parameters": model.num_parameters(),
+                "steps": trainer.state.global_step,
+                "train_tokens": trainer.state.num_input_tokens_seen,
+                **timer.summary(trainer),
+            }
         with stage.output_folder(args.output, trainer) as staging:
             trainer.save_model(str(staging))
             tokenizer.save_pretrained(str(staging))

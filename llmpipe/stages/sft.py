@@ -83,13 +83,15 @@ def run(
         )
         stage.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.instruction_data]))
         final = trainer.evaluate()
-        metrics = {  # rank 0 reports (the other ranks would measure the CPU peak against it)
-            **stage.loss_metrics(stage.initial_losses(trainer.state.log_history), final),
-            "train_examples": len(data["train"]),
-            **artifacts.parameter_counts(trainer.model),
-            **timer.summary(trainer),
-        } if trainer.is_world_process_zero() else {}
-        if trainer.is_world_process_zero():  # before a LoRA save merges the adapter into the weights
+        metrics, samples = {}, []
+        if trainer.is_world_process_zero():  # rank 0 reports (the other ranks would measure the CPU peak against it)
+            metrics = {
+                **stage.loss_metrics(stage.initial_losses(trainer.state.log_history), final),
+                "train_examples": len(data["train"]),
+                **artifacts.parameter_counts(trainer.model),
+                **timer.summary(trainer),
+            }
+            # before a LoRA save merges the adapter into the weights
             samples = validation_responses(trainer.model, tokenizer, entries["validation"][: recipe.sample_responses], recipe)
 
         def card_for(artifact: str, subfolder: str = ""):
