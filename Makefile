@@ -28,7 +28,7 @@ test: install
 
 # Trainer vs a plain PyTorch loop on the pretrain model; BENCH_ARGS e.g. "--recipe recipes/gpt2-book --compile" on a GPU
 bench: install
-	python -m llmpipe.bench $(BENCH_ARGS)
+	python -m bench.training $(BENCH_ARGS)
 
 ui: install
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \

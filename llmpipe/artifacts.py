@@ -13,8 +13,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from llmpipe.checkpoints import digest
 from llmpipe.errors import UserError
+from llmpipe.runtime.checkpoints import digest
 
 
 def _not_loadable(source: str, what: str, err: Exception) -> UserError:
@@ -29,6 +29,8 @@ def _not_loadable(source: str, what: str, err: Exception) -> UserError:
 def load_pretrained(load: Callable, source: str | Path, what: str, **kwargs):
     """`load(source, **kwargs)` (a `from_pretrained`), with a message a user can act on if it fails
     (SafetensorError: a truncated weights file)."""
+    if Path(source).is_file():
+        raise UserError(f"{source}: is a file, not a model folder; point to a folder a stage wrote (artifacts/<stage>) or a Hub id")
     try:
         return load(str(source), **kwargs)
     except (OSError, ValueError, KeyError, SafetensorError) as err:

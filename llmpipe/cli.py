@@ -17,9 +17,9 @@ COMMANDS = {
     "sft": ("llmpipe.stages.sft", "instruction fine-tuning with TRL's SFTTrainer, loss on responses only (ch7)"),
     "lora": ("llmpipe.stages.lora", "the instruction task with LoRA adapters (PEFT), plus a merged model (app. E)"),
     "evaluate": ("llmpipe.stages.evaluate", "answer the test instructions with each model and score the answers with a judge (ch7.7-7.8)"),
-    "generate": ("llmpipe.generate", "continue a prompt with a trained model: greedy, temperature, top-k, top-p (ch5.3)"),
-    "push": ("llmpipe.push", "push a trained model to the Hugging Face Hub with its model card, in one commit"),
-    "classify-text": ("llmpipe.classify_text", "label texts as ham or spam with a trained classifier"),
+    "generate": ("llmpipe.commands.generate", "continue a prompt with a trained model: greedy, temperature, top-k, top-p (ch5.3)"),
+    "push": ("llmpipe.commands.push", "push a trained model to the Hugging Face Hub with its model card, in one commit"),
+    "classify-text": ("llmpipe.commands.classify_text", "label texts as ham or spam with a trained classifier"),
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from llmpipe import inputs
 from llmpipe.errors import UserError
 
 T = TypeVar("T")
@@ -34,10 +35,11 @@ def at_least(minimum: int, default: Any) -> Any:
 
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found (check the path, or the `recipe:` name in params.yaml)")
+    raw = inputs.read_bytes(path, "a recipe or params file: check the path, or the `recipe:` name in params.yaml")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte offset {err.start}); save it as UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -74,6 +76,9 @@ def load(schema: type[T], path: str | Path, overrides: list[str] = ()) -> T:
 def build(schema: type[T], data: dict, source: str, prefix: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
     hints = typing.get_type_hints(schema)
+    for name, fix in getattr(schema, "RETIRED_KEYS", {}).items():  # keys of older recipes, with what replaced them
+        if name in data:
+            raise UserError(f"{source}: `{prefix}{name}` {fix}")
     _reject_unknown(data, fields, source, prefix)
     values = {}
     for name, field in fields.items():

@@ -27,7 +27,7 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess
 
 @pytest.fixture(scope="session")
 def verdict_texts() -> list[str]:
-    from llmpipe.documents import read_documents
+    from llmpipe.data.documents import read_documents
 
     return list(read_documents(VERDICT, "paragraphs"))
 

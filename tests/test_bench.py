@@ -1,11 +1,11 @@
 import json
 
-from llmpipe import bench, bench_data
+from bench import data_stages, training
 from tests.conftest import REPO
 
 
 def test_bench_times_both_loops_on_the_same_work_and_reports_their_ratio():
-    result = bench.training(REPO / "recipes" / "test", steps=2, warmup=1, repeats=1, compile=False)
+    result = training.training(REPO / "recipes" / "test", steps=2, warmup=1, repeats=1, compile=False)
     (run,) = result["runs"]
     assert run["plain_tokens_per_second"] > 0 and run["trainer_tokens_per_second"] > 0
     assert result["trainer_vs_plain"] == round(run["trainer_tokens_per_second"] / run["plain_tokens_per_second"], 3)
@@ -17,7 +17,7 @@ def test_bench_times_both_loops_on_the_same_work_and_reports_their_ratio():
 
 
 def test_generated_text_has_the_size_asked_for_and_distinct_documents(tmp_path):
-    text = bench_data.generate_text(tmp_path / "text.txt", 0.5)
+    text = data_stages.generate_text(tmp_path / "text.txt", 0.5)
     assert 0.5 * 2**20 <= text.stat().st_size < 0.5 * 2**20 + 4096
     paragraphs = text.read_text().split("\n\n")
     assert len(set(paragraphs)) > 0.95 * len(paragraphs)
@@ -26,7 +26,7 @@ def test_generated_text_has_the_size_asked_for_and_distinct_documents(tmp_path):
 def test_data_bench_trains_both_tokenizers_and_runs_the_real_corpus_stage(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = {"context_length": 64, "stride": 64, "num_proc": 1, "batch_size": 100, "shard_size": "100KB"}
-    result = bench_data.measure(0.3, 300, [0.5], repeats=1, corpus_repeats=1, recipe=recipe)
+    result = data_stages.measure(0.3, 300, [0.5], repeats=1, corpus_repeats=1, recipe=recipe)
     tokenizers = result["tokenizer_training"]
     assert tokenizers["tokenizers_mb_per_second"] > 0 and tokenizers["sentencepiece_mb_per_second"] > 0
     assert tokenizers["tokenizers_peak_memory_gb"] > 0.05  # a process's own resident memory, measured

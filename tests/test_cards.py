@@ -5,8 +5,8 @@ import pytest
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard import metadata_load
 
-from llmpipe import cards
 from llmpipe.errors import UserError
+from llmpipe.hub import cards
 
 METRICS = {"val_loss": 4.25, "val_perplexity": 70.1, "initial_val_loss": 7.6, "tokens_per_second": 6000.0}
 EVALUATION = {"judge_mean": 41.5, "rouge_l": 0.21, "judge": "llama3", "judge_model": "openai:llama3@http://localhost:11434/v1"}
@@ -64,7 +64,7 @@ def test_classifier_card_scores_are_test_accuracy_and_f1():
 
 
 def test_chat_usage_snippet_sends_messages_through_the_chat_template(tmp_path, tiny_model, tokenizer):
-    from llmpipe import instructions
+    from llmpipe.data import instructions
 
     tiny_model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")

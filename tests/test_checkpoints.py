@@ -3,8 +3,8 @@ import json
 import pytest
 from transformers import TrainingArguments
 
-from llmpipe import checkpoints
 from llmpipe.errors import UserError
+from llmpipe.runtime import checkpoints
 from llmpipe.stages.pretrain import PretrainRecipe
 
 

@@ -7,14 +7,15 @@ import yaml
 from transformers import TrainingArguments
 
 from llmpipe import config
+from llmpipe.data.instructions import InstructionTask
 from llmpipe.errors import UserError
 from llmpipe.stages.classify import ClassifyRecipe
 from llmpipe.stages.corpus import CorpusRecipe
 from llmpipe.stages.evaluate import EvaluateRecipe
 from llmpipe.stages.lora import LoraRecipe
 from llmpipe.stages.pretrain import PretrainRecipe
-from llmpipe.stages.sft import SftRecipe
 from llmpipe.stages.tokenizer import TokenizerRecipe
+from llmpipe.stages.tuning import SftRecipe
 from tests.conftest import REPO, run_cli
 
 
@@ -56,7 +57,7 @@ def test_an_unquoted_no_is_the_word_where_the_word_is_allowed(tmp_path):
     assert config.load(SftRecipe, path).training == {"eval_strategy": "no", "save_strategy": "no"}
     path.write_text("prompt_format: no\n")
     with pytest.raises(UserError, match="`prompt_format` must be one of 'alpaca', 'chat', got bool False"):
-        config.load(SftRecipe, path)
+        config.load(InstructionTask, path)
 
 
 def test_set_overrides_win_over_the_file(tmp_path):
@@ -74,11 +75,15 @@ def test_set_override_is_checked_like_the_file(tmp_path):
 
 
 def test_values_of_a_typed_mapping_are_checked(tmp_path):
-    from llmpipe.stages.sft import SftRecipe
-
     with pytest.raises(UserError, match=r"`split\.test` must be float, got str 'a tenth'"):
-        config.load(SftRecipe, write(tmp_path, {"split": {"train": 0.85, "test": "a tenth", "validation": 0.05}}))
-    assert config.load(SftRecipe, write(tmp_path, {"split": {"train": 0.8, "test": "1e-1", "validation": 0.1}})).split["test"] == 0.1
+        config.load(InstructionTask, write(tmp_path, {"split": {"train": 0.85, "test": "a tenth", "validation": 0.05}}))
+    assert config.load(InstructionTask, write(tmp_path, {"split": {"train": 0.8, "test": "1e-1", "validation": 0.1}})).split["test"] == 0.1
+
+
+@pytest.mark.parametrize("stage, key", [("sft", "split"), ("lora", "prompt_format"), ("evaluate", "split_from")])
+def test_a_setting_that_moved_to_instructions_yaml_is_named_with_its_new_place(tmp_path, stage, key):
+    with pytest.raises(UserError, match=f"`{key}` (is set in|is gone: evaluate tests on the split of) instructions.yaml beside this recipe"):
+        config.load(SCHEMAS[stage], write(tmp_path, {key: "sft"}))
 
 
 def test_missing_file_and_bad_yaml_are_named(tmp_path):
@@ -111,6 +116,7 @@ def test_nested_dataclasses_and_literals_are_checked(tmp_path):
 SCHEMAS = {
     "tokenizer": TokenizerRecipe, "corpus": CorpusRecipe, "pretrain": PretrainRecipe,
     "classify": ClassifyRecipe, "sft": SftRecipe, "lora": LoraRecipe, "evaluate": EvaluateRecipe,
+    "instructions": InstructionTask,
 }
 STAGE_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate")
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from llmpipe.documents import deduplicate, load, read_documents, read_text, split
+from llmpipe.data.documents import deduplicate, load, read_documents, read_text, split
 from llmpipe.errors import UserError
 from llmpipe.params import DataParams
 

@@ -1,6 +1,7 @@
 """Bad data: the message names the file and the line, byte offset or entry, and says how to fix it; nothing is written."""
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -71,5 +72,38 @@ def test_an_instruction_entry_missing_a_field_is_named_by_index(inside, capsys, 
 
 
 def test_a_split_that_comes_out_empty_is_named(inside, capsys, tmp_path):
-    refused(inside, capsys, "sft", params_with(inside, tmp_path), "recipes/test/sft.yaml: the test split is empty",
-            "change `split`", extra=("--set", "split.test=0.0001", "--set", "split.train=0.9499"))
+    recipe = tmp_path / "recipe"
+    shutil.copytree(inside / "recipes/test", recipe)
+    (recipe / "instructions.yaml").write_text("split: {train: 0.9499, test: 0.0001, validation: 0.05}\n")
+    refused(inside, capsys, "sft", params_with(inside, tmp_path), f"{recipe}/instructions.yaml: the test split is empty",
+            "change `split`", extra=("--recipe", str(recipe / "sft.yaml")))
+
+
+@pytest.mark.parametrize("stage, setting", [
+    ("tokenizer", "data_files"), ("classify", "classify_data"), ("sft", "instruction_data"),
+])
+def test_a_folder_where_a_data_file_belongs_is_named(inside, capsys, tmp_path, stage, setting):
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    value = [str(folder)] if setting == "data_files" else str(folder)
+    refused(inside, capsys, stage, params_with(inside, tmp_path, **{setting: value}),
+            f"{folder}: is a folder, not a file", f"`{setting.replace('data_', 'data.')}`")
+
+
+@pytest.mark.parametrize("option", ["--recipe", "--params"])
+def test_a_folder_given_as_a_recipe_or_params_file_is_named(inside, capsys, option):
+    before = outputs_snapshot(inside)
+    assert_refused(cli.main(["pretrain", option, "recipes/test"]), capsys.readouterr().err, "recipes/test: is a folder, not a file")
+    assert outputs_snapshot(inside) == before
+
+
+def test_a_file_given_as_a_model_folder_is_named(inside, capsys, tmp_path):
+    refused(inside, capsys, "sft", params_with(inside, tmp_path), "params.yaml: is a file, not a model folder",
+            extra=("--base", "params.yaml"))
+
+
+def test_a_spam_file_of_one_label_says_so(inside, capsys, tmp_path):
+    spam = tmp_path / "spam.tsv"
+    spam.write_text("".join(f"ham\tmessage {i}\n" for i in range(50)))
+    refused(inside, capsys, "classify", params_with(inside, tmp_path, classify_data=str(spam)),
+            f"{spam}: every message is labelled 'ham'", "needs both ham and spam")

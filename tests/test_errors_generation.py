@@ -8,8 +8,9 @@ import threading
 
 import pytest
 
-from llmpipe import cli, metric_modules
+from llmpipe import cli
 from llmpipe.errors import UserError
+from llmpipe.metrics import evaluate_modules
 from tests.conftest import assert_refused
 
 
@@ -35,7 +36,7 @@ def test_impossible_sampling_filters_are_refused(inside, capsys):
 
 
 def judge(base_url: str, **settings) -> dict:
-    return metric_modules.load("judge").compute(
+    return evaluate_modules.load("judge").compute(
         predictions=["Red."], references=["Blue."], requests=["Name a colour."],
         backend="openai", base_url=base_url, model="llama3", **{"max_retries": 0, **settings},
     )

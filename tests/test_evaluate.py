@@ -1,6 +1,6 @@
 import pytest
 
-from llmpipe import instructions
+from llmpipe.data import instructions
 from llmpipe.stages.evaluate import Bootstrap, confidence_interval, summarize
 from tests.conftest import copy_repo, run_cli
 

@@ -11,7 +11,8 @@ import time
 import yaml
 from transformers import PreTrainedTokenizerFast
 
-from llmpipe import atomic, cli
+from llmpipe import cli
+from llmpipe.runtime import atomic
 from tests.conftest import REPO, staging_leftovers
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

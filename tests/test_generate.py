@@ -3,7 +3,7 @@ import torch
 from transformers import AutoModelForCausalLM, pipeline
 
 from llmpipe.errors import UserError
-from llmpipe.generate import continue_text, decoding
+from llmpipe.generation import continue_text, decoding
 from tests.conftest import run_cli
 
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from llmpipe import instructions
+from llmpipe.data import instructions
 from llmpipe.errors import UserError
 from tests.conftest import REPO
 

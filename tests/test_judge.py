@@ -12,11 +12,13 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from llmpipe import instructions, metric_modules
+from llmpipe.data import instructions
 from llmpipe.errors import UserError
-from llmpipe.judge import SCORES, JudgeSettings, load
-from llmpipe.judge_hf import HfJudge, candidate_log_probs, verdict
-from llmpipe.judge_openai import parse_score
+from llmpipe.judge.backends import load
+from llmpipe.judge.base import SCORES, JudgeSettings
+from llmpipe.judge.hf import HfJudge, candidate_log_probs, verdict
+from llmpipe.judge.openai import parse_score
+from llmpipe.metrics import evaluate_modules
 
 WORDS = ["<|endoftext|>", "[UNK]", *map(str, SCORES), "great", "answer", "score"]
 
@@ -89,7 +91,7 @@ def test_hf_judge_keeps_the_end_of_a_prompt_too_long_for_its_context(tmp_path):
 
 
 def test_judge_is_an_evaluate_module(tmp_path):
-    judged = metric_modules.load("judge").compute(
+    judged = evaluate_modules.load("judge").compute(
         predictions=["Red.", "Blue."], references=["Blue.", "Blue."], requests=["Name a colour."] * 2,
         backend="hf", model=str(judge_that_says("100", tmp_path)),
     )
@@ -142,7 +144,7 @@ def served(tmp_path_factory):
 
 
 def openai_judge(base_url: str, model: str, **settings) -> dict:
-    return metric_modules.load("judge").compute(
+    return evaluate_modules.load("judge").compute(
         predictions=["Red.", "Blue."], references=["Blue.", "Blue."], requests=["Name a colour."] * 2,
         backend="openai", base_url=base_url, model=model, **{"max_retries": 0, **settings},
     )

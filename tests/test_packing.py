@@ -1,6 +1,6 @@
 import pytest
 
-from llmpipe.packing import count_blocks, sliding_blocks
+from llmpipe.data.packing import count_blocks, sliding_blocks
 
 
 @pytest.mark.parametrize(

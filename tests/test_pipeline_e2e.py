@@ -16,8 +16,8 @@ from huggingface_hub import ModelCard
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-from llmpipe.packing import count_blocks
-from llmpipe.spam import LABELS, SpamSplit, balanced_splits, read_messages
+from llmpipe.data.packing import count_blocks
+from llmpipe.data.spam import LABELS, SpamSplit, balanced_splits, read_messages
 from tests.conftest import BIN, run_cli, sh
 
 STAGES = ["tokenizer", "corpus", "pretrain", "classify", "sft", "lora", "evaluate"]
@@ -124,6 +124,10 @@ def test_mlflow_holds_one_parent_with_a_nested_run_per_stage(repo):
     for run in children:
         assert run.info.status == "FINISHED" and run.data.params and run.data.metrics
         assert run.data.tags["llmpipe.recipe"] == "test"
+    # the pipeline's run spans its stages, so the runs list shows what the pipeline cost
+    assert parents[0].info.status == "FINISHED"
+    assert parents[0].info.start_time <= min(r.info.start_time for r in children)
+    assert parents[0].info.end_time >= max(r.info.end_time for r in children)
     pretrain = next(r for r in children if r.data.tags["llmpipe.stage"] == "pretrain")
     assert pretrain.data.params["training.learning_rate"] == "0.003"
     history = client.get_metric_history(pretrain.info.run_id, "eval_validation_loss")

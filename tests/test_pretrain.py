@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from llmpipe.data.packing import causal_lm_batch
 from llmpipe.errors import UserError
-from llmpipe.packing import causal_lm_batch
 from llmpipe.stages.pretrain import PretrainRecipe, build_model, check_recipe, loss_curve
 
 

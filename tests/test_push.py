@@ -17,7 +17,8 @@ from huggingface_hub.utils import hf_raise_for_status
 from peft import PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmpipe import adapters, cards, cli, push
+from llmpipe import adapters, cli
+from llmpipe.hub import cards, push
 from tests.conftest import FAKE_SECRET, REPO, assert_refused, run_cli
 
 FAKE_TOKEN = FAKE_SECRET

@@ -10,8 +10,9 @@ import pytest
 import torch
 import yaml
 
-from llmpipe import artifacts, cli, redact
+from llmpipe import artifacts, cli
 from llmpipe.errors import UserError
+from llmpipe.runtime import redact
 from tests.conftest import FAKE_SECRET, REPO, assert_refused
 
 

@@ -7,8 +7,8 @@ import pytest
 from datasets import Dataset
 from trl import SFTTrainer
 
-from llmpipe import instructions
-from llmpipe.stages.sft import SftRecipe, sft_config
+from llmpipe.data import instructions
+from llmpipe.stages.tuning import SftRecipe, sft_config
 
 ENTRY = {"instruction": "Name a colour.", "input": "", "output": "Blue is a colour."}
 
@@ -19,7 +19,7 @@ def test_prompt_tokens_are_masked_and_the_response_ends_with_eos(tiny_model, tok
     tokenizer.chat_template = instructions.CHAT_TEMPLATE
     pair = instructions.prompt_completion(ENTRY, prompt_format)
     job = types.SimpleNamespace(recipe_path=tmp_path / "sft.yaml", tracker=types.SimpleNamespace(report_to=[]))
-    recipe = SftRecipe(prompt_format=prompt_format, training={"bf16": False})
+    recipe = SftRecipe(training={"bf16": False})
     trainer = SFTTrainer(
         model=copy.deepcopy(tiny_model),
         args=sft_config(recipe, str(tmp_path), job, context=256),  # as the stage builds it

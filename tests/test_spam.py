@@ -1,7 +1,7 @@
 import pytest
 
+from llmpipe.data.spam import SpamSplit, balanced_splits, read_messages
 from llmpipe.errors import UserError
-from llmpipe.spam import SpamSplit, balanced_splits, read_messages
 from tests.conftest import REPO
 
 SMS = REPO / "data" / "sms_spam" / "SMSSpamCollection"

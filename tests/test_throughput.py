@@ -3,8 +3,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-from llmpipe import throughput
-from llmpipe.packing import causal_lm_batch
+from llmpipe.data.packing import causal_lm_batch
+from llmpipe.runtime import throughput
 
 
 def small_model() -> GPT2LMHeadModel:

@@ -1,7 +1,8 @@
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from llmpipe.errors import UserError
@@ -53,7 +54,7 @@ def test_stage_trains_on_train_documents_only(tmp_path):
                      "--output", str(tmp_path / "tok"), "--metrics", str(tmp_path / "m.json"))
     assert result.returncode == 0, result.stderr
     assert "-token vocabulary -> " in result.stdout
-    from llmpipe.documents import load
+    from llmpipe.data.documents import load
     from llmpipe.params import DataParams
 
     splits = load(DataParams(files=[str(tmp_path / "corpus.txt")], validation_fraction=0.2), tmp_path / "work").splits

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from llmpipe import tracking
 from llmpipe.errors import UserError
 from llmpipe.params import MlflowParams
+from llmpipe.runtime import tracking
 
 
 def test_queued_experiments_log_into_the_repository_store(tmp_path, monkeypatch):
@@ -45,7 +45,7 @@ def test_pipeline_id_comes_from_the_environment_or_a_dvc_ancestor(monkeypatch, t
         f"#!{sys.executable}\nimport os, subprocess, sys\n"
         "print(os.getpid())\n"
         "sys.stdout.flush()\n"
-        "subprocess.run(['sh', '-c', sys.executable + ' -c \"from llmpipe.tracking import pipeline_id; print(pipeline_id())\"'])\n"
+        "subprocess.run(['sh', '-c', sys.executable + ' -c \"from llmpipe.runtime.tracking import pipeline_id; print(pipeline_id())\"'])\n"
     )
     fake_dvc.chmod(0o755)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -59,3 +59,21 @@ def test_only_rank_zero_tracks(monkeypatch):
     assert not run.enabled and run.report_to == []
     with run:
         run.log_metrics({"x": 1.0})  # a no-op, not an error
+
+
+def test_the_pipeline_run_spans_its_stages_and_fails_with_one(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("LLMPIPE_PIPELINE_ID", "nightly-7")
+    monkeypatch.chdir(tmp_path)
+    with tracking.StageRun("tokenizer", "test", MlflowParams()) as first:
+        pass
+    parent = MlflowClient().get_run(first.parent_id).info
+    assert parent.status == "FINISHED"
+    with pytest.raises(RuntimeError), tracking.StageRun("corpus", "test", MlflowParams()) as second:
+        assert MlflowClient().get_run(second.parent_id).info.status == "RUNNING"  # open while a stage runs
+        raise RuntimeError("the stage failed")
+    assert second.parent_id == first.parent_id
+    parent, stage = MlflowClient().get_run(first.parent_id).info, MlflowClient().get_run(second.run_id).info
+    assert parent.status == "FAILED" and parent.end_time >= stage.end_time

@@ -19,10 +19,15 @@ from transformers import (
     set_seed,
 )
 
-from llmpipe import adapters, artifacts, cards, checkpoints, baseline, spam, stage, throughput
+from llmpipe import adapters, artifacts
 from llmpipe.config import library_section
+from llmpipe.data import spam
 from llmpipe.errors import UserError
-from llmpipe.scores import classification_scores
+from llmpipe.hub import cards
+from llmpipe.metrics import baseline
+from llmpipe.metrics.scores import classification_scores
+from llmpipe.runtime import checkpoints, throughput
+from llmpipe.stages import base
 
 
 @dataclass
@@ -63,13 +68,13 @@ def compute_scores(prediction) -> dict[str, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    stage.add_training_arguments(parser, "classify", ClassifyRecipe)
+    base.add_training_arguments(parser, "classify", ClassifyRecipe)
 
 
 def main(args: argparse.Namespace) -> None:
-    job = stage.begin(args, "classify", ClassifyRecipe)
+    job = base.begin(args, "classify", ClassifyRecipe)
     recipe = job.recipe
-    stage.reject_owned(
+    base.reject_owned(
         recipe.model, ("num_labels", "id2label", "label2id", "pad_token_id"), f"{job.recipe_path}: `model",
         "the two labels (ham, spam) and the tokenizer",
     )
@@ -79,7 +84,7 @@ def main(args: argparse.Namespace) -> None:
 
     with job.tracker:
         job.log_config()
-        training = stage.training_arguments(TrainingArguments, recipe.training, args.checkpoints, job)
+        training = base.training_arguments(TrainingArguments, recipe.training, args.checkpoints, job)
         set_seed(training.seed)
         model = load_classifier(source, recipe.model)
         artifacts.check_vocabulary(model, tokenizer, source)
@@ -98,7 +103,7 @@ def main(args: argparse.Namespace) -> None:
             compute_metrics=compute_scores,
             callbacks=[timer := throughput.Throughput()],
         )
-        stage.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.classify_data]))
+        base.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.classify_data]))
         final = trainer.evaluate(eval_dataset=dict(encoded))
         metrics = {}
         if trainer.is_world_process_zero():  # rank 0 reports (the other ranks would measure the CPU peak against it)
@@ -107,7 +112,7 @@ def main(args: argparse.Namespace) -> None:
                 for key in ("accuracy", "precision", "recall", "f1"):
                     metrics[f"{split}_{key}"] = round(final[f"eval_{split}_{key}"], 4)
             metrics |= baseline.tfidf_logreg(splits, training.seed)
-        with stage.output_folder(args.output, trainer) as staging:
+        with base.output_folder(args.output, trainer) as staging:
             if recipe.trainable == "lora":
                 adapters.save_adapter_and_merged(model, tokenizer, staging / "adapter", staging)
             else:

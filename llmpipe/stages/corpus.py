@@ -10,8 +10,11 @@ from dataclasses import dataclass
 
 from datasets import Dataset, DatasetDict, Features, List, Value
 
-from llmpipe import artifacts, atomic, documents, packing, stage
+from llmpipe import artifacts
+from llmpipe.data import documents, packing
 from llmpipe.errors import UserError
+from llmpipe.runtime import atomic
+from llmpipe.stages import base
 
 BLOCK_FEATURES = Features({"input_ids": List(Value("int32"))})
 
@@ -59,13 +62,13 @@ def pack(tokenized: DatasetDict, context_length: int, stride: int, cache_dir: st
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    stage.add_common_arguments(parser, "corpus", CorpusRecipe)
+    base.add_common_arguments(parser, "corpus", CorpusRecipe)
     parser.add_argument("--tokenizer", default="artifacts/tokenizer", help="tokenizer folder (default: %(default)s)")
     parser.add_argument("--output", default="artifacts/corpus", help="dataset folder to write (default: %(default)s)")
 
 
 def main(args: argparse.Namespace) -> None:
-    job = stage.begin(args, "corpus", CorpusRecipe)
+    job = base.begin(args, "corpus", CorpusRecipe)
     recipe = job.recipe
     stride = recipe.context_length if recipe.stride is None else recipe.stride
     if recipe.context_length < 2:

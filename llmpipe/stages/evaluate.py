@@ -7,18 +7,21 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
 from scipy import stats
 from transformers import AutoConfig, set_seed
 
-from llmpipe import artifacts, atomic, charts, config, generate, instructions, metric_modules, responses, stage
+from llmpipe import artifacts, config, generation
+from llmpipe.data import instructions
 from llmpipe.errors import UserError
-from llmpipe.judge import JudgeSettings, load as load_judge
-from llmpipe.stages.lora import LoraRecipe
-from llmpipe.stages.sft import SftRecipe
+from llmpipe.judge.backends import load as load_judge
+from llmpipe.judge.base import JudgeSettings
+from llmpipe.metrics import charts, evaluate_modules
+from llmpipe.runtime import atomic
+from llmpipe.stages import base
 
 
 @dataclass
@@ -39,11 +42,13 @@ class Bootstrap:
 
 @dataclass
 class EvaluateRecipe:
+    RETIRED_KEYS: ClassVar[dict[str, str]] = {
+        "split_from": "is gone: evaluate tests on the split of instructions.yaml beside this recipe, the one sft and lora use; remove it"
+    }
     # name -> model folder or Hub id; the pretrained model is the control (never instruction-tuned)
     models: dict[str, str] = field(
         default_factory=lambda: {"sft": "artifacts/sft", "lora": "artifacts/lora/merged", "pretrain": "artifacts/pretrain"}
     )
-    split_from: Literal["sft", "lora"] = "sft"  # the stage recipe whose `split` and `prompt_format` define the test split
     limit: int | None = config.at_least(1, None)  # evaluate only the first N test examples (quick runs); default all
     batch_size: int = config.at_least(1, 16)
     decoding: Decoding = field(default_factory=Decoding)
@@ -52,7 +57,7 @@ class EvaluateRecipe:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    stage.add_common_arguments(parser, "evaluate", EvaluateRecipe)
+    base.add_common_arguments(parser, "evaluate", EvaluateRecipe)
     parser.add_argument("--output", default="artifacts/evaluate", help="folder to write (default: %(default)s)")
     parser.add_argument(
         "--self-judge", default="artifacts/sft",
@@ -60,16 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def test_entries(job: stage.Stage) -> tuple[list[dict], str]:
-    """The test split exactly as the fine-tuning stage cut it, and its prompt format."""
-    source = job.params.recipe_file(job.recipe.split_from)
-    tuned = config.load(LoraRecipe if job.recipe.split_from == "lora" else SftRecipe, source)
-    if "test" not in tuned.split:
-        raise UserError(f"{source}: `split` has no `test` part to evaluate on")
-    entries = instructions.split(instructions.load(job.params.instruction_data), tuned.split, source)["test"][: job.recipe.limit]
+def test_entries(job: base.Stage) -> tuple[list[dict], instructions.InstructionTask]:
+    """The test split exactly as sft and lora cut it (they read the same `instructions.yaml`), and those settings."""
+    splits, task = base.instruction_splits(job)
+    entries = splits["test"][: job.recipe.limit]
     if not entries:
-        raise UserError(f"{source}: the test split is empty; give `split.test` a larger share (or raise `limit`)")
-    return entries, tuned.prompt_format
+        raise UserError(f"{base.instructions_file(job)}: the test split is empty; give `split.test` a larger share")
+    return entries, task
 
 
 def confidence_interval(scores: list[float], settings: Bootstrap) -> tuple[float | None, float | None]:
@@ -103,7 +105,7 @@ def summarize(rows: list[dict], rouge_l: float, settings: Bootstrap) -> dict:
     return summary
 
 
-def check_room(job: stage.Stage) -> None:
+def check_room(job: base.Stage) -> None:
     """Every model's context must hold a prompt and the new tokens: checked on the configs, before any model runs."""
     asked = job.recipe.decoding.max_new_tokens
     for source in job.recipe.models.values():
@@ -118,29 +120,30 @@ def answer(source: str, entries: list[dict], prompt_format: str, recipe: Evaluat
     instructions.prepare_tokenizer(tokenizer, prompt_format)
     model = artifacts.load_causal_lm(source).to(device)
     artifacts.check_vocabulary(model, tokenizer, source)
-    settings = generate.decoding(
+    settings = generation.decoding(
         tokenizer, recipe.decoding.max_new_tokens, recipe.decoding.temperature, recipe.decoding.top_k, recipe.decoding.top_p
     )
     set_seed(recipe.decoding.seed)
     prompts = [instructions.prompt_text(entry, prompt_format, tokenizer) for entry in entries]
-    return responses.generate_responses(model, tokenizer, prompts, settings, prompt_format, recipe.batch_size, desc)
+    return generation.generate_responses(model, tokenizer, prompts, settings, prompt_format, recipe.batch_size, desc)
 
 
 def main(args: argparse.Namespace) -> None:
-    job = stage.begin(args, "evaluate", EvaluateRecipe)
+    job = base.begin(args, "evaluate", EvaluateRecipe)
     recipe = job.recipe
     if not recipe.models:
         raise UserError(f"{job.recipe_path}: `models` is empty; name at least one model to evaluate")
-    entries, prompt_format = test_entries(job)
+    entries, task = test_entries(job)
+    prompt_format = task.prompt_format
     check_room(job)
     is_self = recipe.judge.model == "self"
     judge_settings = dataclasses.replace(recipe.judge, model=args.self_judge) if is_self else recipe.judge
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     with job.tracker:
-        job.log_config()
+        job.log_config(**config.flatten(task, "instructions."))
         the_judge = load_judge(judge_settings, device)
-        judged, rouge = metric_modules.load("judge"), metric_modules.load("rouge_l")
+        judged, rouge = evaluate_modules.load("judge"), evaluate_modules.load("rouge_l")
         references = [instructions.reference(entry) for entry in entries]
         requests = [instructions.request(entry) for entry in entries]
         results = {}

@@ -8,13 +8,14 @@ from typing import Callable
 
 from peft import LoraConfig, TaskType
 
-from llmpipe import adapters, cards
+from llmpipe import adapters
 from llmpipe.config import library_section
-from llmpipe.stages import sft
+from llmpipe.hub import cards
+from llmpipe.stages import tuning
 
 
 @dataclass
-class LoraRecipe(sft.SftRecipe):
+class LoraRecipe(tuning.SftRecipe):
     lora: dict = library_section(LoraConfig)  # peft LoraConfig arguments: r, lora_alpha, lora_dropout, target_modules, ...
 
 
@@ -31,8 +32,8 @@ def save(trainer, tokenizer, folder: Path, card_for: Callable) -> tuple[str, obj
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sft.add_arguments(parser, "lora", LoraRecipe)
+    tuning.add_arguments(parser, "lora", LoraRecipe)
 
 
 def main(args: argparse.Namespace) -> None:
-    sft.run(args, "lora", LoraRecipe, peft_config=lora_config, save=save)
+    tuning.run(args, "lora", LoraRecipe, peft_config=lora_config, save=save)

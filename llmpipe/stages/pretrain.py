@@ -12,9 +12,13 @@ from pathlib import Path
 from datasets import DatasetDict, load_from_disk
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
-from llmpipe import artifacts, atomic, cards, checkpoints, generate, packing, stage, throughput
+from llmpipe import artifacts, generation
 from llmpipe.config import at_least, library_section
+from llmpipe.data import packing
 from llmpipe.errors import UserError
+from llmpipe.hub import cards
+from llmpipe.runtime import atomic, checkpoints, throughput
+from llmpipe.stages import base
 
 SET_FROM_TOKENIZER = ("bos_token_id", "eos_token_id", "pad_token_id")
 
@@ -30,7 +34,7 @@ class PretrainRecipe:
 
 
 def check_recipe(recipe: PretrainRecipe, source: Path) -> None:
-    stage.reject_owned(recipe.model, SET_FROM_TOKENIZER, f"{source}: `model", "the tokenizer")
+    base.reject_owned(recipe.model, SET_FROM_TOKENIZER, f"{source}: `model", "the tokenizer")
     if recipe.init_from and recipe.model:
         raise UserError(f"{source}: `model` must be empty with `init_from` (the architecture comes from {recipe.init_from})")
     n_embd, n_head = recipe.model.get("n_embd", 768), recipe.model.get("n_head", 12)
@@ -78,14 +82,14 @@ def loss_curve(initial: dict, log_history: list[dict], tokens_per_step: int) -> 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    stage.add_training_arguments(parser, "pretrain", PretrainRecipe, base=False)
+    base.add_training_arguments(parser, "pretrain", PretrainRecipe, base=False)
     parser.add_argument("--tokenizer", default="artifacts/tokenizer", help="tokenizer folder (default: %(default)s)")
     parser.add_argument("--corpus", default="artifacts/corpus", help="packed corpus folder (default: %(default)s)")
     parser.add_argument("--plots", default="plots/pretrain.csv", help="loss curves CSV (default: %(default)s)")
 
 
 def main(args: argparse.Namespace) -> None:
-    job = stage.begin(args, "pretrain", PretrainRecipe)
+    job = base.begin(args, "pretrain", PretrainRecipe)
     recipe = job.recipe
     check_recipe(recipe, job.recipe_path)
     tokenizer = artifacts.load_tokenizer(args.tokenizer)
@@ -95,16 +99,16 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(f"{args.corpus}: no packed corpus here; run `llmpipe corpus` first") from None
     context_length = len(corpus["train"][0]["input_ids"])
     probe_size = len(corpus["validation"]) if recipe.train_eval_blocks is None else recipe.train_eval_blocks
-    train_eval = stage.train_probe(corpus["train"], probe_size)
+    train_eval = base.train_probe(corpus["train"], probe_size)
 
     with job.tracker:
         job.log_config()
-        training = stage.training_arguments(  # blocks are full: every token counts
+        training = base.training_arguments(  # blocks are full: every token counts
             TrainingArguments, recipe.training, args.checkpoints, job, include_num_input_tokens_seen="all", eval_on_start=True
         )
         set_seed(training.seed)
         model = build_model(recipe, tokenizer, context_length, job.recipe_path)
-        generate.check_prompt(model, tokenizer, recipe.sample_prompt, recipe.sample_max_new_tokens)
+        generation.check_prompt(model, tokenizer, recipe.sample_prompt, recipe.sample_max_new_tokens)
         trainer = Trainer(
             model=model,
             args=training,
@@ -113,20 +117,20 @@ def main(args: argparse.Namespace) -> None:
             data_collator=packing.causal_lm_batch,
             callbacks=[timer := throughput.Throughput()],
         )
-        stage.train(trainer, args, checkpoints.run_identity(recipe, model, [f["filename"] for f in corpus["train"].cache_files]))
+        base.train(trainer, args, checkpoints.run_identity(recipe, model, [f["filename"] for f in corpus["train"].cache_files]))
         final = trainer.evaluate()
-        initial = stage.initial_losses(trainer.state.log_history)
+        initial = base.initial_losses(trainer.state.log_history)
         metrics = {}
         if trainer.is_world_process_zero():  # rank 0 reports (the other ranks would measure the CPU peak against it)
             metrics = {
-                **stage.loss_metrics(initial, final),
+                **base.loss_metrics(initial, final),
                 "val_perplexity": round(math.exp(final["eval_validation_loss"]), 2),
                 "parameters": model.num_parameters(),
                 "steps": trainer.state.global_step,
                 "train_tokens": trainer.state.num_input_tokens_seen,
                 **timer.summary(trainer),
             }
-        with stage.output_folder(args.output, trainer) as staging:
+        with base.output_folder(args.output, trainer) as staging:
             trainer.save_model(str(staging))
             tokenizer.save_pretrained(str(staging))
             cards.write(staging, card := job.card("pretrain", metrics, args.output, recipe.init_from))
@@ -136,8 +140,8 @@ def main(args: argparse.Namespace) -> None:
         tokens_per_step = training.train_batch_size * training.gradient_accumulation_steps * training.world_size * context_length
         atomic.write_text(args.plots, loss_curve(initial, trainer.state.log_history, tokens_per_step))
         model.eval()
-        sample = generate.continue_text(
-            model, tokenizer, recipe.sample_prompt, generate.decoding(tokenizer, recipe.sample_max_new_tokens)
+        sample = generation.continue_text(
+            model, tokenizer, recipe.sample_prompt, generation.decoding(tokenizer, recipe.sample_max_new_tokens)
         )
         job.tracker.log_text(f"{recipe.sample_prompt}{sample}\n", "sample.txt")
         job.tracker.log_artifact(args.plots, "plots")

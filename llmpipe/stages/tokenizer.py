@@ -10,9 +10,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from llmpipe import artifacts, atomic, cards, documents, stage
+from llmpipe import artifacts
 from llmpipe.config import library_section
+from llmpipe.data import documents
 from llmpipe.errors import UserError
+from llmpipe.hub import cards
+from llmpipe.runtime import atomic
+from llmpipe.stages import base
 
 
 @dataclass
@@ -57,12 +61,12 @@ def bytes_per_token(tokenizer: PreTrainedTokenizerBase, batches: Iterable[list[s
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    stage.add_common_arguments(parser, "tokenizer", TokenizerRecipe)
+    base.add_common_arguments(parser, "tokenizer", TokenizerRecipe)
     parser.add_argument("--output", default="artifacts/tokenizer", help="tokenizer folder to write (default: %(default)s)")
 
 
 def main(args: argparse.Namespace) -> None:
-    job = stage.begin(args, "tokenizer", TokenizerRecipe)
+    job = base.begin(args, "tokenizer", TokenizerRecipe)
     recipe = job.recipe
     with atomic.scratch(args.output) as workdir:
         docs = documents.load(job.params.data, workdir)

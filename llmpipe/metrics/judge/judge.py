@@ -10,8 +10,8 @@ import datasets
 import evaluate
 from tqdm.auto import tqdm
 
-from llmpipe.judge import JudgeSettings
-from llmpipe.judge import load
+from llmpipe.judge.backends import load
+from llmpipe.judge.base import JudgeSettings
 
 _INPUTS = """
 Args:

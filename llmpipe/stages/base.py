@@ -15,9 +15,13 @@ from datasets import Dataset
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from llmpipe import atomic, cards, checkpoints, config, params as pipeline_params
+from llmpipe import config
+from llmpipe import params as pipeline_params
+from llmpipe.data import instructions
 from llmpipe.errors import UserError
-from llmpipe.tracking import StageRun
+from llmpipe.hub import cards
+from llmpipe.runtime import atomic, checkpoints
+from llmpipe.runtime.tracking import StageRun
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, stage: str, schema: type) -> None:
@@ -100,12 +104,14 @@ class Stage:
     tracker: StageRun
     started: float
 
-    def log_config(self) -> None:
-        self.tracker.log_config(config.flatten(self.recipe) | config.flatten(self.params.data, "data."))
+    def log_config(self, **settings: Any) -> None:
+        """The resolved recipe and params.yaml `data` as MLflow params, plus `settings` (dotted names)."""
+        self.tracker.log_config(config.flatten(self.recipe) | config.flatten(self.params.data, "data.") | settings)
 
-    def card(self, artifact: str, metrics: dict[str, Any], folder: str | Path, base_model: str | None = None):
+    def card(self, artifact: str, metrics: dict[str, Any], folder: str | Path, base_model: str | None = None,
+             prompt_format: str = "alpaca"):
         """The model card of what this stage saves into `folder` (a `cards.KINDS` artifact)."""
-        facts = cards.facts(self, artifact, metrics, base_model)
+        facts = cards.facts(self, artifact, metrics, base_model, prompt_format)
         return cards.model_card(facts, str(folder), self.params.hub.license, self.params.hub.language)
 
     def finish(self, metrics: dict[str, Any], summary: str) -> None:
@@ -188,6 +194,18 @@ def output_folder(target: str | Path, trainer: Trainer) -> Iterator[Path]:
     else:
         with tempfile.TemporaryDirectory() as scratch:
             yield Path(scratch)
+
+
+def instructions_file(job: Stage) -> Path:
+    """`instructions.yaml` beside the stage's recipe: the one split and prompt format of sft, lora and
+    evaluate (DVC tracks it as a param of all three)."""
+    return job.recipe_path.parent / "instructions.yaml"
+
+
+def instruction_splits(job: Stage) -> tuple[dict[str, list[dict]], instructions.InstructionTask]:
+    """The instruction data cut as `instructions.yaml` says, and those settings (the prompt format)."""
+    task = config.load(instructions.InstructionTask, instructions_file(job))
+    return task.splits(job.params.instruction_data, instructions_file(job)), task
 
 
 def begin(args: argparse.Namespace, name: str, schema: type) -> Stage:

@@ -10,9 +10,10 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from llmpipe import instructions, redact, throughput
 from llmpipe.config import flatten
+from llmpipe.data import instructions
 from llmpipe.errors import UserError
+from llmpipe.runtime import redact, throughput
 
 SOURCES_FILE = Path("data/SOURCES.md")
 
@@ -64,7 +65,7 @@ class CardFacts:
     prompt_format: str = "alpaca"
 
 
-def facts(job, artifact: str, metrics: dict[str, Any], base_model: str | None = None) -> CardFacts:
+def facts(job, artifact: str, metrics: dict[str, Any], base_model: str | None = None, prompt_format: str = "alpaca") -> CardFacts:
     """The facts of `job` (a `stage.Stage`) about the artifact it saved."""
     params = job.params
     files = {"text": params.data.files, "spam": [params.classify_data], "instructions": [params.instruction_data]}
@@ -76,7 +77,7 @@ def facts(job, artifact: str, metrics: dict[str, Any], base_model: str | None = 
         data=[path for name in KINDS[artifact].data for path in files[name]],
         hub_data=[dataset.path for dataset in params.data.hub],
         base_model=base_model,
-        prompt_format=getattr(job.recipe, "prompt_format", "alpaca"),
+        prompt_format=prompt_format,
     )
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from llmpipe import artifacts, redact
+from llmpipe import artifacts
 from llmpipe.config import flatten
 from llmpipe.errors import UserError
 from llmpipe.params import MlflowParams
+from llmpipe.runtime import redact
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -112,6 +113,7 @@ class StageRun:
         self.stage, self.recipe, self.settings = stage, recipe, settings
         self.enabled = settings.enabled and is_main_process()
         self._mlflow = None  # the module, imported only when tracking (it takes seconds)
+        self.run_id = self.parent_id = None  # this stage's run; the pipeline's, open while this stage runs
         self.model_id = None  # the logged model the run's metrics attach to (MLflow 3 LoggedModel)
 
     @property
@@ -142,8 +144,8 @@ class StageRun:
         if exp_name := os.environ.get("DVC_EXP_NAME"):
             tags["dvc.exp_name"] = exp_name
         if (pipeline := pipeline_id()) is not None:
-            tags["mlflow.parentRunId"] = self._parent_run(experiment.experiment_id, pipeline, tags)
-        mlflow.start_run(experiment_id=experiment.experiment_id, run_name=self.stage, tags=tags)
+            self.parent_id = tags["mlflow.parentRunId"] = self._parent_run(experiment.experiment_id, pipeline, tags)
+        self.run_id = mlflow.start_run(experiment_id=experiment.experiment_id, run_name=self.stage, tags=tags).info.run_id
         self._mlflow = mlflow
         return self
 
@@ -152,16 +154,20 @@ class StageRun:
 
         client = MlflowClient()
         found = client.search_runs([experiment_id], f"tags.`{PIPELINE_TAG}` = '{pipeline}'", max_results=1)
-        if found:
+        if found:  # open again until this stage ends: the pipeline's run spans its first stage to its last
+            client.update_run(found[0].info.run_id, "RUNNING")
             return found[0].info.run_id
         parent_tags = {k: v for k, v in tags.items() if k != "llmpipe.stage"} | {PIPELINE_TAG: pipeline}
-        run = client.create_run(experiment_id, tags=parent_tags, run_name=f"pipeline ({self.recipe})")
-        client.set_terminated(run.info.run_id, "FINISHED")
-        return run.info.run_id
+        return client.create_run(experiment_id, tags=parent_tags, run_name=f"pipeline ({self.recipe})").info.run_id
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._mlflow:
-            self._mlflow.end_run("FINISHED" if exc_type is None else "FAILED")
+            status = "FINISHED" if exc_type is None else "FAILED"
+            self._mlflow.end_run(status)
+            if self.parent_id:  # ends with each stage; the next stage of the same pipeline opens it again
+                from mlflow.tracking import MlflowClient
+
+                MlflowClient().set_terminated(self.parent_id, status)
 
     def log_config(self, resolved: dict[str, Any]) -> None:
         if self._mlflow:

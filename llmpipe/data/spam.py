@@ -6,8 +6,8 @@ from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from llmpipe import splits
-from llmpipe.documents import read_text
+from llmpipe.data import splits
+from llmpipe.data.documents import read_text
 from llmpipe.errors import UserError
 
 LABELS = ["ham", "spam"]
@@ -25,7 +25,7 @@ def read_messages(path: str | Path) -> list[tuple[str, str]]:
     """`label<TAB>text` lines. Read by line, not with csv quoting: stray quotes would merge lines
     (pandas' default gives 5,572 rows of 5,574)."""
     messages = []
-    for number, line in enumerate(read_text(Path(path)).splitlines(), start=1):
+    for number, line in enumerate(read_text(Path(path), "params.yaml `classify_data`").splitlines(), start=1):
         if not line.strip():
             continue
         label, tab, text = line.partition("\t")
@@ -35,7 +35,9 @@ def read_messages(path: str | Path) -> list[tuple[str, str]]:
             raise UserError(f"{path}:{number}: label {label!r} is neither 'ham' nor 'spam'")
         messages.append((label, text))
     if not messages:
-        raise UserError(f"{path}: no messages")
+        raise UserError(f"{path}: no messages; each line must be `ham<TAB>text` or `spam<TAB>text`")
+    if len(labels := {label for label, _ in messages}) < 2:
+        raise UserError(f"{path}: every message is labelled {labels.pop()!r}; a spam classifier needs both ham and spam lines")
     return messages
 
 

@@ -5,11 +5,13 @@ it finds each allowed answer ("0" ... "100", each followed by EOS) and report th
 import torch
 from transformers import PreTrainedModel
 
-from llmpipe import artifacts, instructions, judge
+from llmpipe import artifacts
+from llmpipe.data import instructions
+from llmpipe.judge import base
 
 
 class HfJudge:
-    def __init__(self, settings: judge.JudgeSettings, device: str = "cpu"):
+    def __init__(self, settings: base.JudgeSettings, device: str = "cpu"):
         self.identity = f"hf:{settings.model}"
         self.tokenizer = artifacts.load_tokenizer(settings.model)
         self.model = artifacts.load_causal_lm(settings.model).to(device).eval()
@@ -19,11 +21,11 @@ class HfJudge:
         )
         self.candidates = [
             self.tokenizer(str(score), add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-            for score in judge.SCORES
+            for score in base.SCORES
         ]
 
     def prompt_ids(self, request: str, reference: str, response: str) -> list[int]:
-        text = judge.prompt(request, reference, response)
+        text = base.prompt(request, reference, response)
         if self.chat:
             templated = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
@@ -31,7 +33,7 @@ class HfJudge:
             return self.tokenizer(templated, add_special_tokens=False)["input_ids"]
         return self.tokenizer(instructions.alpaca_prompt({"instruction": text}))["input_ids"]
 
-    def __call__(self, request: str, reference: str, response: str) -> judge.Verdict:
+    def __call__(self, request: str, reference: str, response: str) -> base.Verdict:
         ids = self.prompt_ids(request, reference, response)
         # A prompt longer than the judge's context keeps its end: the response and the question.
         room = artifacts.context_length(self.model) - max(len(c) for c in self.candidates)
@@ -40,16 +42,16 @@ class HfJudge:
         return verdict(log_probs, dropped)
 
 
-def verdict(log_probs: torch.Tensor, dropped_tokens: int = 0) -> judge.Verdict:
+def verdict(log_probs: torch.Tensor, dropped_tokens: int = 0) -> base.Verdict:
     """The expected score under the judge's distribution renormalised over the allowed scores."""
     probs = torch.softmax(log_probs.double(), dim=0)
-    scores = torch.tensor(list(judge.SCORES), dtype=torch.float64)
+    scores = torch.tensor(list(base.SCORES), dtype=torch.float64)
     expected = float((probs * scores).sum())
     mode = int(probs.argmax())
-    return judge.Verdict(
+    return base.Verdict(
         score=round(expected, 3),
         detail={
-            "mode": judge.SCORES[mode],
+            "mode": base.SCORES[mode],
             "p_mode": round(float(probs[mode]), 4),
             "std": round(float(((scores - expected) ** 2 * probs).sum().sqrt()), 3),
             # how much of its probability the judge put on answering with a score at all

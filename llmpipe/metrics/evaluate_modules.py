@@ -5,7 +5,7 @@ from pathlib import Path
 
 import evaluate
 
-FOLDER = Path(__file__).parent / "metrics"
+FOLDER = Path(__file__).parent  # one folder per module: judge/, rouge_l/, spam_scores/
 
 
 def load(name: str) -> evaluate.EvaluationModule:

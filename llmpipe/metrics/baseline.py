@@ -5,7 +5,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from llmpipe.scores import classification_scores
+from llmpipe.metrics.scores import classification_scores
 
 
 def tfidf_logreg(splits: DatasetDict, seed: int) -> dict[str, float]:

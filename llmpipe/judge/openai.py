@@ -7,8 +7,9 @@ import re
 
 import openai
 
-from llmpipe import judge, redact
 from llmpipe.errors import UserError
+from llmpipe.judge import base
+from llmpipe.runtime import redact
 
 INTEGER = re.compile(r"\s*(\d{1,3})\s*")
 
@@ -16,13 +17,13 @@ INTEGER = re.compile(r"\s*(\d{1,3})\s*")
 def parse_score(answer: str | None) -> int | None:
     """The integer the judge answered, if that is all it answered and it lies in 0-100."""
     match = INTEGER.fullmatch(answer or "")
-    if match and int(match.group(1)) in judge.SCORES:
+    if match and int(match.group(1)) in base.SCORES:
         return int(match.group(1))
     return None
 
 
 class OpenAIJudge:
-    def __init__(self, settings: judge.JudgeSettings):
+    def __init__(self, settings: base.JudgeSettings):
         self.settings = settings
         # Endpoints such as Ollama or `transformers serve` need no key, but the client insists on one.
         key = os.environ.get(settings.api_key_env) or "no-key"
@@ -32,11 +33,11 @@ class OpenAIJudge:
         self.base_url = redact.url(str(self.client.base_url))  # what messages, metrics and cards show
         self.identity = f"openai:{settings.model}@{self.base_url}"
 
-    def __call__(self, request: str, reference: str, response: str) -> judge.Verdict:
+    def __call__(self, request: str, reference: str, response: str) -> base.Verdict:
         try:
             reply = self.client.chat.completions.create(
                 model=self.settings.model,
-                messages=[{"role": "user", "content": judge.prompt(request, reference, response)}],
+                messages=[{"role": "user", "content": base.prompt(request, reference, response)}],
                 temperature=0,
                 seed=self.settings.seed,
                 max_tokens=self.settings.max_tokens,
@@ -59,7 +60,7 @@ class OpenAIJudge:
             answer = reply.choices[0].message.content
         except (AttributeError, TypeError, IndexError) as err:
             raise _not_a_completion(self.base_url, err) from None
-        return judge.Verdict(score=parse_score(answer), detail={"answer": answer})
+        return base.Verdict(score=parse_score(answer), detail={"answer": answer})
 
 
 def _not_a_completion(base_url: str, err: Exception) -> UserError:

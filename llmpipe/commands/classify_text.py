@@ -4,7 +4,8 @@ import argparse
 
 from transformers import pipeline
 
-from llmpipe import artifacts, spam
+from llmpipe import artifacts
+from llmpipe.data import spam
 from llmpipe.errors import UserError
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict, Features, Value
 from datasets.exceptions import DatasetGenerationError
 
+from llmpipe import inputs
 from llmpipe.errors import UserError
 from llmpipe.params import DataParams, HubDataset
 
@@ -78,19 +79,20 @@ def _decode(raw: bytes, path: Path, offset: int) -> str:
         ) from None
 
 
-def read_text(path: Path) -> str:
-    return _decode(path.read_bytes(), path, 0)
+def read_text(path: Path, setting: str) -> str:
+    """A UTF-8 file the user named in `setting` (checked by `inputs`)."""
+    return _decode(inputs.read_bytes(path, setting), Path(path), 0)
 
 
-def read_documents(path: Path, unit: str) -> Iterator[str]:
+def read_documents(path: Path, unit: str, setting: str = "params.yaml `data.files`") -> Iterator[str]:
     """One file -> documents, streamed: paragraphs (separated by blank lines), lines, or the whole file."""
     if unit == "files":
-        if text := read_text(path).strip():
+        if text := read_text(path, setting).strip():
             yield text
         return
     paragraph: list[str] = []
     offset = 0
-    with open(path, "rb") as handle:
+    with inputs.open_binary(path, setting) as handle:
         for raw in handle:  # a UTF-8 character never contains the byte \n, so lines split safely
             line = _decode(raw, path, offset).rstrip("\r\n")
             offset += len(raw)

@@ -1,10 +1,11 @@
 """`make bench`: the pretrain stage's training loop (transformers `Trainer`) against a plain PyTorch
 loop training the same `GPT2LMHeadModel` on the same batches, in the same process; tokens/s, their
 ratio, MFU and peak memory, each the median of several runs; the effect of each fast default (SDPA
-attention, fused AdamW, no dataloader workers). With `bench_data`: tokenizer training against
+attention, fused AdamW, no dataloader workers). With `data_stages`: tokenizer training against
 sentencepiece, and the corpus stage on corpora up to a gigabyte. Writes bench/results.json."""
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -12,24 +13,29 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments, set_seed
 
-from llmpipe import throughput
-from llmpipe.packing import causal_lm_batch
+from bench import data_stages
+from llmpipe import config
+from llmpipe.data.packing import causal_lm_batch
+from llmpipe.runtime import throughput
+from llmpipe.stages.corpus import CorpusRecipe
+from llmpipe.stages.pretrain import PretrainRecipe
+from llmpipe.stages.tokenizer import TokenizerRecipe
 
 GPT2_VOCAB = 50257
 
 
 def recipe_shape(recipe: Path) -> dict:
     """Model config, context, batch size and precision of a recipe folder's pretrain stage."""
-    read = lambda stage: yaml.safe_load((recipe / f"{stage}.yaml").read_text()) or {}  # noqa: E731
-    tokenizer, corpus, pretrain = read("tokenizer"), read("corpus"), read("pretrain")
-    vocab = GPT2_VOCAB if tokenizer.get("init_from") == "gpt2" else tokenizer["trainer"]["vocab_size"]
-    training = pretrain.get("training", {})
+    tokenizer = config.load(TokenizerRecipe, recipe / "tokenizer.yaml")
+    corpus = config.load(CorpusRecipe, recipe / "corpus.yaml")
+    pretrain = config.load(PretrainRecipe, recipe / "pretrain.yaml")
+    vocab = GPT2_VOCAB if tokenizer.init_from == "gpt2" else tokenizer.trainer["vocab_size"]
+    training = pretrain.training
     return {
-        "config": GPT2Config(vocab_size=vocab, bos_token_id=vocab - 1, eos_token_id=vocab - 1, **pretrain.get("model", {})),
-        "context": corpus["context_length"],
+        "config": GPT2Config(vocab_size=vocab, bos_token_id=vocab - 1, eos_token_id=vocab - 1, **pretrain.model),
+        "context": corpus.context_length,
         "batch": training.get("per_device_train_batch_size", 8),
         "learning_rate": float(training.get("learning_rate", 1e-3)),
         "bf16": bool(training.get("bf16", False)) and torch.cuda.is_available(),
@@ -159,7 +165,7 @@ def print_tables(results: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m llmpipe.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="training,tokenizer,corpus", help="what to measure, comma-separated; the others keep their figures in --output (default: %(default)s)")
     parser.add_argument("--recipe", type=Path, default=Path("recipes/tiny"), help="recipe folder whose pretrain model and corpus settings are measured (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run (default: %(default)s)")
@@ -176,12 +182,11 @@ def main() -> None:
     if "training" in parts:
         results["training"] = training(args.recipe, args.steps, args.warmup, args.repeats, args.compile)
     if parts & {"tokenizer", "corpus"}:
-        from llmpipe import bench_data  # needs `datasets`, which a bare GPU machine may lack
-
-        recipe = yaml.safe_load((args.recipe / "corpus.yaml").read_text()) | {"num_proc": 1}  # one process: its memory is the peak
-        vocab = yaml.safe_load((args.recipe / "tokenizer.yaml").read_text())["trainer"]["vocab_size"]
+        corpus = dataclasses.asdict(config.load(CorpusRecipe, args.recipe / "corpus.yaml"))
+        recipe = corpus | {"num_proc": 1}  # one process: its memory is the peak
+        vocab = config.load(TokenizerRecipe, args.recipe / "tokenizer.yaml").trainer["vocab_size"]
         corpus_mb = [float(size) for size in args.corpus_mb.split(",")] if "corpus" in parts else []
-        data = bench_data.measure(args.tokenizer_mb, vocab, corpus_mb, args.repeats, args.corpus_repeats, recipe)
+        data = data_stages.measure(args.tokenizer_mb, vocab, corpus_mb, args.repeats, args.corpus_repeats, recipe)
         results |= data if "tokenizer" in parts else {"corpus_stage": data["corpus_stage"]}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 
-from llmpipe import atomic
+from llmpipe.runtime import atomic
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets, FLOP/s; the first name found in
 # torch.cuda.get_device_name() wins, so a specific name precedes a shorter one it contains.

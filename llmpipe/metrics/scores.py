@@ -3,12 +3,12 @@
 
 from functools import cache
 
-from llmpipe import metric_modules
+from llmpipe.metrics import evaluate_modules
 
 
 @cache
 def _spam_scores():
-    return metric_modules.load("spam_scores")
+    return evaluate_modules.load("spam_scores")
 
 
 def classification_scores(labels, predictions) -> dict[str, float]:

@@ -6,10 +6,12 @@ or JSONL (one entry per line).
 """
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from llmpipe import splits
-from llmpipe.documents import read_text
+from llmpipe.data import splits
+from llmpipe.data.documents import read_text
 from llmpipe.errors import UserError
 
 ALPACA_PREAMBLE = (
@@ -26,11 +28,22 @@ CHAT_TEMPLATE = (
 )
 
 
+@dataclass
+class InstructionTask:
+    """`recipes/<recipe>/instructions.yaml`: how the instruction data is cut and shown to a model. The sft,
+    lora and evaluate stages all read this one file, so no example is trained on and then tested."""
+
+    split: dict[str, float] = field(default_factory=lambda: {"train": 0.85, "test": 0.1, "validation": 0.05})
+    prompt_format: Literal["alpaca", "chat"] = "alpaca"  # chat: the tokenizer's chat template (a minimal one if it has none)
+
+    def splits(self, data_file: str | Path, source: Path) -> dict[str, list[dict]]:
+        """The data file's entries cut by `split`; `source` (this settings file) is named in errors."""
+        return split(load(data_file), self.split, source)
+
+
 def load(path: str | Path) -> list[dict]:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found (params.yaml `instruction_data`)")
-    text = read_text(path)
+    text = read_text(path, "params.yaml `instruction_data`")
     if path.suffix == ".jsonl":
         entries = [_parse(line, path, number) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
     else:

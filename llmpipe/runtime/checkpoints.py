@@ -15,9 +15,9 @@ from typing import Any
 from transformers import PreTrainedModel, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from llmpipe import atomic
 from llmpipe.config import flatten
 from llmpipe.errors import UserError
+from llmpipe.runtime import atomic
 
 RUN_FILE = "llmpipe-run.json"
 TRAINER_STATE = "trainer_state.json"  # Trainer writes it last: a checkpoint without it is incomplete

@@ -1,7 +1,7 @@
 """The judge (book ch7.8): ask a model to score a response against the reference, 0 to 100.
 
 The protocol is the book's: the judge sees the instruction, the correct output and the model's output,
-and is asked for an integer only. Two backends implement it (`judge_hf`, `judge_openai`); both return a
+and is asked for an integer only. Two backends implement it (`hf`, `openai` beside this module; `backends.load` picks one); both return a
 `Verdict` for every example, so nothing is dropped: a verdict without a score is counted as unscored.
 """
 
@@ -44,13 +44,3 @@ def prompt(request: str, reference: str, response: str) -> str:
         f"score the model response `{response}` on a scale from 0 to 100, where 100 is the best score. "
         "Respond with the integer number only."
     )
-
-
-def load(settings: JudgeSettings, device: str = "cpu") -> Judge:
-    if settings.backend == "openai":
-        from llmpipe.judge_openai import OpenAIJudge
-
-        return OpenAIJudge(settings)
-    from llmpipe.judge_hf import HfJudge
-
-    return HfJudge(settings, device)

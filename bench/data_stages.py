@@ -3,7 +3,7 @@
 peak memory on generated corpora of growing size (memory should stay flat as they grow). Every
 measurement runs in its own process, so the peak memory is its own.
 
-`python -m llmpipe.bench_data bpe-hf|bpe-spm TEXT VOCAB [FOLDER]` is the child that trains one tokenizer."""
+`python bench/data_stages.py bpe-hf|bpe-spm TEXT VOCAB [FOLDER]` is the child that trains one tokenizer."""
 
 import json
 import os
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from llmpipe.documents import read_documents
+from llmpipe.data.documents import read_documents
 
 SOURCE_TEXT = Path(__file__).resolve().parents[1] / "data" / "text" / "tinyshakespeare.txt"
 
@@ -111,7 +111,7 @@ def tokenizer_training(text: Path, vocab: int, repeats: int, keep: Path) -> dict
     megabytes = text.stat().st_size / 2**20
     result = {"text_mb": round(megabytes, 1), "vocab_size": vocab}
     for kind, name in (("bpe-hf", "tokenizers"), ("bpe-spm", "sentencepiece")):
-        runs = [run_measured(["-m", "llmpipe.bench_data", kind, str(text), str(vocab), str(keep)]) for _ in range(repeats)]
+        runs = [run_measured([__file__, kind, str(text), str(vocab), str(keep)]) for _ in range(repeats)]
         seconds = statistics.median(json.loads(run["stdout"].splitlines()[-1])["seconds"] for run in runs)
         result[f"{name}_mb_per_second"] = round(megabytes / seconds, 2)
         result[f"{name}_peak_memory_gb"] = round(max(run["peak_memory_gb"] for run in runs), 3)

@@ -1,0 +1,122 @@
+"""Decoding (book ch5.3, 7.7): the settings for `generate` (greedy, or sampling with temperature, top-k and
+top-p), and a model's responses to many instructions: batched, left-padded, KV-cached `generate`, each
+response cut at EOS and stripped of the prompt format's markers."""
+
+import copy
+import re
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
+
+from llmpipe import artifacts
+from llmpipe.data import instructions
+from llmpipe.errors import UserError
+
+
+def decoding(
+    tokenizer: PreTrainedTokenizerBase,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> GenerationConfig:
+    """temperature 0 means greedy, as in the book; otherwise sample from the scaled, filtered distribution."""
+    if top_k is not None and top_k < 1:
+        raise UserError(f"top_k must be at least 1 (got {top_k}); leave it unset to sample from every token")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"top_p must be in (0, 1] (got {top_p}): the share of probability mass to sample from")
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        **(sampling if temperature > 0 else {"do_sample": False}),
+    )
+
+
+
+def check_prompt(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int) -> None:
+    """An empty prompt, or one that leaves no room for `max_new_tokens` in the context, is an error."""
+    if not prompt.strip():
+        raise UserError("the prompt is empty; give some text to continue")
+    n_prompt = len(tokenizer(prompt)["input_ids"])
+    context = artifacts.context_length(model)
+    if n_prompt + max_new_tokens > context:
+        raise UserError(
+            f"the prompt ({n_prompt} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
+            f"model's context of {context} tokens; ask for fewer new tokens or shorten the prompt"
+        )
+
+
+def continue_text(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    settings: GenerationConfig,
+    streamer: TextStreamer | None = None,
+) -> str:
+    """The prompt's continuation (without the prompt)."""
+    check_prompt(model, tokenizer, prompt, settings.max_new_tokens)
+    inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
+    n_prompt = inputs["input_ids"].shape[1]
+    with torch.inference_mode():
+        output = model.generate(**inputs, generation_config=settings, streamer=streamer)
+    return tokenizer.decode(output[0, n_prompt:], skip_special_tokens=True)
+
+
+# An Alpaca-format response ends where the model starts another "### " section.
+NEXT_SECTION = re.compile(r"(?:^|\n)### ")
+
+
+def clean(text: str, prompt_format: str) -> str:
+    """Drop a repeated "### Response:" marker and anything from the next section on."""
+    text = text.strip()
+    if prompt_format == "alpaca":
+        text = text.removeprefix(instructions.RESPONSE_MARKER.strip()).lstrip()
+        text = NEXT_SECTION.split(text, maxsplit=1)[0]
+    return text.strip()
+
+
+def until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
+    for position, token in enumerate(tokens):
+        if token in eos_ids:
+            return tokens[:position]
+    return tokens
+
+
+@torch.inference_mode()
+def generate_responses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    settings: GenerationConfig,
+    prompt_format: str,
+    batch_size: int,
+    desc: str = "generating",
+) -> list[str]:
+    """One response per prompt, in order. Prompts are batched by length (less padding); a batch gets
+    the new tokens that fit the context after its longest prompt, and a prompt that fills the context
+    alone gets an empty response."""
+    model.eval()
+    add_special = prompt_format != "chat"  # a chat template already writes its special tokens
+    encoded = [tokenizer(p, add_special_tokens=add_special)["input_ids"] for p in prompts]
+    context = artifacts.context_length(model)
+    eos_ids = {settings.eos_token_id} if isinstance(settings.eos_token_id, int) else set(settings.eos_token_id or [])
+    responses = [""] * len(prompts)
+    fitting = sorted((i for i in range(len(prompts)) if len(encoded[i]) < context), key=lambda i: len(encoded[i]))
+    with tqdm(total=len(prompts), desc=desc, unit="response") as progress:
+        progress.update(len(prompts) - len(fitting))
+        for start in range(0, len(fitting), batch_size):
+            batch = fitting[start : start + batch_size]
+            padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, padding_side="left", return_tensors="pt")
+            inputs = padded.to(model.device)
+            width = inputs["input_ids"].shape[1]
+            batch_settings = copy.copy(settings)
+            batch_settings.max_new_tokens = min(settings.max_new_tokens, context - width)
+            output = model.generate(**inputs, generation_config=batch_settings)
+            for i, row in zip(batch, output[:, width:].tolist()):
+                text = tokenizer.decode(until_eos(row, eos_ids), skip_special_tokens=True)
+                responses[i] = clean(text, prompt_format)
+            progress.update(len(batch))
+    return responses
