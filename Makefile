@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install repro test bench ui clean
+.PHONY: install repro test test-fast bench ui clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ repro: install
 
 test: install
 	python -m pytest
+
+# everything but the whole-pipeline, multi-process and slow tests: for the edit-test loop
+test-fast: install
+	python -m pytest -m "not e2e and not distributed and not slow"
 
 # Trainer vs a plain PyTorch loop on the pretrain model; BENCH_ARGS e.g. "--recipe recipes/gpt2-book --compile" on a GPU
 bench: install

@@ -17,6 +17,13 @@ FAKE_SECRET = "_".join(["hf", "llmpipeFAKEsecret0123456789abcdefXYZ"])  # joined
 VERDICT = REPO / "data" / "text" / "the-verdict.txt"
 
 
+@pytest.fixture(autouse=True)
+def no_tracking_uri_from_other_tests(monkeypatch):
+    """In-process MLflow (`mlflow.set_tracking_uri`) exports MLFLOW_TRACKING_URI for subprocesses to inherit:
+    each test starts without it and ends without it, whatever ran before."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
     """`llmpipe ARGS` in a fresh process, as a user runs it."""
     return subprocess.run(
@@ -91,6 +98,13 @@ def repo(tmp_path_factory) -> Path:
     return repo
 
 
+@pytest.fixture
+def own_repo(repo, tmp_path) -> Path:
+    """A copy of the finished pipeline repository (git, DVC cache, MLflow store) for a test that changes it:
+    the tests that read the shared one then pass in any order."""
+    return Path(shutil.copytree(repo, tmp_path / "repo", symlinks=True))
+
+
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory) -> Path:
     """A project folder (params, `test` recipes, data) where tokenizer, corpus and pretrain ran in-process:
@@ -143,3 +157,10 @@ def outputs_snapshot(root: Path) -> dict[str, int]:
         for folder in ("artifacts", "metrics", "plots") if (root / folder).exists()
         for path in (root / folder).rglob("*") if path.is_file()
     }
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """A test of the whole pipeline (it needs `repo`, a full `dvc repro`) is `e2e` wherever it lives."""
+    for item in items:
+        if {"repo", "own_repo"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)

@@ -1,8 +1,15 @@
+import json
+
+import pytest
 import torch
 from peft import PeftModel
+from transformers import pipeline
+
+from llmpipe import cli, config
+from llmpipe.data.spam import LABELS, balanced_splits, read_messages
 
 from llmpipe.artifacts import parameter_counts
-from llmpipe.stages.classify import select_trainable
+from llmpipe.stages.classify import ClassifyRecipe, select_trainable
 from tests.conftest import run_cli
 
 
@@ -49,3 +56,19 @@ def test_classify_text_prints_label_and_probability_per_text(tiny_model, tokeniz
         label, score, echoed = line.split("\t")
         assert echoed == text and label == ["ham", "spam"][int(p.argmax())]
         assert abs(float(score) - float(p.max())) < 1e-3
+
+
+@pytest.mark.parametrize("trainable", ["all", "last_block"])
+def test_a_saved_classifier_reloads_with_pipeline_and_scores_what_the_stage_reported(inside, tmp_path, trainable):
+    out, metrics = tmp_path / "classify", tmp_path / "classify.json"
+    code = cli.main(["classify", "--set", f"trainable={trainable}", "--output", str(out), "--metrics", str(metrics),
+                     "--checkpoints", str(tmp_path / "checkpoints")])
+    assert code == 0
+    reported = json.loads(metrics.read_text())
+    recipe = config.load(ClassifyRecipe, inside / "recipes/test/classify.yaml")
+    test_split = balanced_splits(read_messages(inside / "data/sms_spam/SMSSpamCollection"), recipe.split)["test"]
+    classifier = pipeline("text-classification", model=str(out))
+    predicted = [r["label"] for r in classifier(list(test_split["text"]), truncation=True, max_length=recipe.max_length, batch_size=64)]
+    correct = sum(label == LABELS[truth] for label, truth in zip(predicted, test_split["label"]))
+    assert correct / len(test_split) == pytest.approx(reported["test_accuracy"], abs=1 / len(test_split))
+    assert not (out / "adapter").exists()  # a full model folder, loadable without PEFT

@@ -106,6 +106,7 @@ def assert_same_training(one: dict, two: dict) -> None:
         assert two["metrics"][key] == pytest.approx(one["metrics"][key], abs=EVAL_LOSS_TOLERANCE), key
 
 
+@pytest.mark.distributed
 def test_two_processes_train_like_one_with_twice_the_accumulation(workdir):
     one = launch(workdir, "cpu.yaml", "pretrain", "pretrain-1", *NO_DROPOUT, "--set", "training.gradient_accumulation_steps=2", "--plots", "p1.csv")
     before = set(workdir.iterdir())

@@ -21,9 +21,9 @@ def test_a_byte_order_mark_at_the_start_is_dropped_and_nowhere_else(tmp_path):
     path = tmp_path / "windows.txt"
     path.write_bytes("\ufeffham\thello\n\ufeffkept\n".encode("utf-8"))
     assert list(read_documents(path, "lines")) == ["ham\thello", "\ufeffkept"]
-    assert read_text(path).startswith("ham\t")
+    assert read_text(path, "a test file").startswith("ham\t")
     path.write_bytes(b"\xef\xbb\xbfab\xffcd\n")  # a bad byte after the mark: offsets still count from the file's start
-    for read in (lambda: list(read_documents(path, "lines")), lambda: read_text(path)):
+    for read in (lambda: list(read_documents(path, "lines")), lambda: read_text(path, "a test file")):
         with pytest.raises(UserError, match=r"byte offset 5: b'\\xffcd\\n'"):
             read()
 

@@ -47,10 +47,10 @@ def test_judge_request_is_the_books_format_input():
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    repo = copy_repo(tmp_path_factory.mktemp("evaluate") / "repo")
-    (repo / "metrics/evaluate.json").unlink(missing_ok=True)
-    return repo
+def project(tmp_path_factory):
+    project = copy_repo(tmp_path_factory.mktemp("evaluate") / "project")
+    (project / "metrics/evaluate.json").unlink(missing_ok=True)
+    return project
 
 
 @pytest.mark.parametrize(
@@ -61,14 +61,15 @@ def repo(tmp_path_factory):
         ("models={}", "`models` is empty"),
     ],
 )
-def test_bad_recipe_values_are_named(repo, setting, message):
-    result = run_cli("evaluate", "--set", setting, cwd=repo)
+def test_bad_recipe_values_are_named(project, setting, message):
+    result = run_cli("evaluate", "--set", setting, cwd=project)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
-    assert not (repo / "artifacts/evaluate").exists() and not (repo / "metrics/evaluate.json").exists()
+    assert not (project / "artifacts/evaluate").exists() and not (project / "metrics/evaluate.json").exists()
 
 
-def test_a_split_without_test_part_is_named(repo):
-    (repo / "recipes/tiny/lora.yaml").write_text("split: {train: 0.9, validation: 0.1}\n")
-    result = run_cli("evaluate", "--set", "split_from=lora", cwd=repo)
-    assert result.returncode == 2 and "recipes/tiny/lora.yaml: `split` has no `test` part" in result.stderr
+def test_a_split_without_test_part_is_named(tmp_path):
+    project = copy_repo(tmp_path / "project")  # its own copy: the split it breaks is shared by three stages
+    (project / "recipes/tiny/instructions.yaml").write_text("split: {train: 0.9, validation: 0.1}\n")
+    result = run_cli("evaluate", cwd=project)
+    assert result.returncode == 2 and "recipes/tiny/instructions.yaml: `split` needs train, validation and test" in result.stderr
     assert "Traceback" not in result.stderr

@@ -49,7 +49,7 @@ def test_sigint_during_training_keeps_the_old_output_and_the_next_run_resumes(wo
 def test_sigkill_while_writing_leaves_the_old_output_and_the_next_write_clears_the_leftovers(tmp_path):
     target = old_output(tmp_path / "artifact")
     script = (
-        "import os, signal, sys\nfrom llmpipe import atomic\n"
+        "import os, signal, sys\nfrom llmpipe.runtime import atomic\n"
         "with atomic.directory(sys.argv[1]) as staging:\n"
         "    (staging / 'config.json').write_text('half')\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -64,7 +64,7 @@ def test_sigkill_while_writing_leaves_the_old_output_and_the_next_write_clears_t
 
 def test_two_processes_writing_one_file_at_once_both_succeed(tmp_path):
     """Leftovers are cleared only when their writer is gone, not another live writer's staging file."""
-    script = "import sys\nfrom llmpipe import atomic\nfor i in range(300):\n    atomic.write_json(sys.argv[1], {'i': i})\n"
+    script = "import sys\nfrom llmpipe.runtime import atomic\nfor i in range(300):\n    atomic.write_json(sys.argv[1], {'i': i})\n"
     writers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "cache.json")], env=ENV, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
     for writer in writers:

@@ -1,10 +1,17 @@
+import argparse
 import copy
+import importlib
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 from llmpipe.data import instructions
 from llmpipe.errors import UserError
+from llmpipe.stages import base, tuning
+from llmpipe.stages.evaluate import EvaluateRecipe, scored_entries
+from llmpipe.stages.lora import LoraRecipe
 from tests.conftest import REPO
 
 DATA = REPO / "data" / "instruction-data.json"
@@ -67,3 +74,28 @@ def test_malformed_data_is_named(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(UserError, match=message):
         instructions.load(path)
+
+
+def stage_job(stage: str, recipe_folder: Path, params: Path, *extra: str):
+    """The job a stage builds from its command line (`--recipe` in `recipe_folder`), nothing run."""
+    module = importlib.import_module(f"llmpipe.stages.{stage}")
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    args = parser.parse_args(["--params", str(params), "--recipe", str(recipe_folder / f"{stage}.yaml"), *extra])
+    schema = {"sft": tuning.SftRecipe, "lora": LoraRecipe, "evaluate": EvaluateRecipe}[stage]
+    return base.begin(args, stage, schema)
+
+
+def test_sft_and_lora_never_train_on_what_evaluate_tests(tmp_path):
+    recipe = tmp_path / "recipe"
+    shutil.copytree(REPO / "recipes/test", recipe)
+    (recipe / "instructions.yaml").write_text("split: {train: 0.6, validation: 0.1, test: 0.3}\nprompt_format: chat\n")
+    params = REPO / "params.yaml"
+    tested, task = scored_entries(stage_job("evaluate", recipe, params, "--set", "limit=null"))
+    assert task.prompt_format == "chat" and len(tested) == 330  # 30 % of the 1,100 instructions, as the file says
+    tested_keys = {json.dumps(entry, sort_keys=True) for entry in tested}
+    for stage in ("sft", "lora"):
+        splits, stage_task = base.instruction_splits(stage_job(stage, recipe, params))
+        assert stage_task == task
+        trained = {json.dumps(entry, sort_keys=True) for entry in splits["train"] + splits["validation"]}
+        assert len(splits["train"]) == 660 and not trained & tested_keys, stage

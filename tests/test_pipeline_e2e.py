@@ -204,17 +204,17 @@ def test_second_repro_does_nothing(repo):
     assert len(runs) == 1 + len(STAGES)
 
 
-def test_exp_run_with_a_recipe_value_reruns_that_stage_and_what_depends_on_it(repo):
-    sh(repo, "dvc", "exp", "run", "-S", "recipes/test/sft.yaml:training.learning_rate=0.001")
-    baseline = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)[1]
+def test_exp_run_with_a_recipe_value_reruns_that_stage_and_what_depends_on_it(own_repo):
+    sh(own_repo, "dvc", "exp", "run", "-S", "recipes/test/sft.yaml:training.learning_rate=0.001")
+    baseline = json.loads(sh(own_repo, "dvc", "exp", "show", "--json").stdout)[1]
     (experiment,) = baseline["experiments"][0]["revs"]
     assert experiment["data"]["params"]["recipes/test/sft.yaml"]["data"]["training"]["learning_rate"] == 0.001
     assert experiment["data"]["metrics"]["metrics/sft.json"]["data"]["val_loss"] > 0
-    assert "training.learning_rate" in sh(repo, "dvc", "params", "diff").stdout
-    assert "val_loss" in sh(repo, "dvc", "metrics", "show").stdout
-    sh(repo, "dvc", "plots", "show", "-o", "dvc_plots")
-    assert (repo / "dvc_plots/index.html").is_file()
-    _, runs = mlflow_runs(repo)
+    assert "training.learning_rate" in sh(own_repo, "dvc", "params", "diff").stdout
+    assert "val_loss" in sh(own_repo, "dvc", "metrics", "show").stdout
+    sh(own_repo, "dvc", "plots", "show", "-o", "dvc_plots")
+    assert (own_repo / "dvc_plots/index.html").is_file()
+    _, runs = mlflow_runs(own_repo)
     exp_runs = [r for r in runs if r.data.tags.get("dvc.exp_name")]
     rerun = sorted(r.data.tags.get("llmpipe.stage") for r in exp_runs if "mlflow.parentRunId" in r.data.tags)
     assert rerun == ["evaluate", "sft"]  # sft and what depends on it; pretrain, classify, lora are untouched
@@ -262,26 +262,26 @@ def resume_then_rerun(repo: Path, stage: str, step: int) -> tuple[dict, dict]:
 RESUME_TOLERANCE = 1e-3
 
 
-def test_killed_pretrain_resumes_under_dvc_repro_and_ends_like_an_uninterrupted_run(repo):
-    lengthen(repo, "pretrain", max_steps=400, save_steps=25, eval_steps=100)
-    kill_when_saved(repo, "pretrain", 25)
-    refused = run_cli("pretrain", "--set", "model.n_embd=64", cwd=repo)  # another shape may not continue it
+def test_killed_pretrain_resumes_under_dvc_repro_and_ends_like_an_uninterrupted_run(own_repo):
+    lengthen(own_repo, "pretrain", max_steps=400, save_steps=25, eval_steps=100)
+    kill_when_saved(own_repo, "pretrain", 25)
+    refused = run_cli("pretrain", "--set", "model.n_embd=64", cwd=own_repo)  # another shape may not continue it
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "checkpoints/pretrain: holds checkpoints of an unfinished run" in refused.stderr
     assert "recipe.model.n_embd: 32 there, 64 now" in refused.stderr
-    assert (repo / "checkpoints/pretrain/checkpoint-25/trainer_state.json").is_file()
+    assert (own_repo / "checkpoints/pretrain/checkpoint-25/trainer_state.json").is_file()
 
-    after_resume, uninterrupted = resume_then_rerun(repo, "pretrain", 25)
+    after_resume, uninterrupted = resume_then_rerun(own_repo, "pretrain", 25)
     assert after_resume["steps"] == uninterrupted["steps"] == 400
     assert after_resume["train_tokens"] == uninterrupted["train_tokens"]
     for key in ("initial_val_loss", "train_loss", "val_loss"):
         assert after_resume[key] == pytest.approx(uninterrupted[key], abs=RESUME_TOLERANCE), key
 
 
-def test_killed_lora_resumes_under_dvc_repro_and_ends_like_an_uninterrupted_run(repo):
-    lengthen(repo, "lora", max_steps=60, save_steps=10)
-    kill_when_saved(repo, "lora", 10)
-    after_resume, uninterrupted = resume_then_rerun(repo, "lora", 10)
+def test_killed_lora_resumes_under_dvc_repro_and_ends_like_an_uninterrupted_run(own_repo):
+    lengthen(own_repo, "lora", max_steps=60, save_steps=10)
+    kill_when_saved(own_repo, "lora", 10)
+    after_resume, uninterrupted = resume_then_rerun(own_repo, "lora", 10)
     assert after_resume["trainable_parameters"] == uninterrupted["trainable_parameters"]
     for key in ("initial_val_loss", "train_loss", "val_loss"):
         assert after_resume[key] == pytest.approx(uninterrupted[key], abs=RESUME_TOLERANCE), key

@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def test_entries(job: base.Stage) -> tuple[list[dict], instructions.InstructionTask]:
+def scored_entries(job: base.Stage) -> tuple[list[dict], instructions.InstructionTask]:
     """The test split exactly as sft and lora cut it (they read the same `instructions.yaml`), and those settings."""
     splits, task = base.instruction_splits(job)
     entries = splits["test"][: job.recipe.limit]
@@ -133,7 +133,7 @@ def main(args: argparse.Namespace) -> None:
     recipe = job.recipe
     if not recipe.models:
         raise UserError(f"{job.recipe_path}: `models` is empty; name at least one model to evaluate")
-    entries, task = test_entries(job)
+    entries, task = scored_entries(job)
     prompt_format = task.prompt_format
     check_room(job)
     is_self = recipe.judge.model == "self"
