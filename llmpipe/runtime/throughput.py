@@ -105,7 +105,7 @@ class Throughput(TrainerCallback):
         self._last_log = (0.0, 0, 0)  # seconds, tokens, steps at the previous logging step
 
     def _count_batch(self, args, state) -> None:
-        if self.sequence_length is not None:
+        if self.sequence_length is not None and args.include_num_input_tokens_seen == "no":  # else Trainer counts
             state.num_input_tokens_seen += args.train_batch_size * args.world_size * self.sequence_length
 
     def on_step_begin(self, args, state, control, **kwargs):
