@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install repro test test-fast bench ui clean
+.PHONY: install repro test test-fast bench bench-gpu ui clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ test-fast: install
 # Trainer vs a plain PyTorch loop on the pretrain model; BENCH_ARGS e.g. "--recipe recipes/gpt2-book --compile" on a GPU
 bench: install
 	python -m bench.training $(BENCH_ARGS)
+
+# the gpt2-book recipe on one GPU, eager and compiled, each fast default against its alternative
+GPU_BENCH := python -m bench.training --parts training --recipe recipes/gpt2-book --steps 50 --warmup 10 --repeats 3
+bench-gpu: install
+	$(GPU_BENCH) --output bench/gpu-gpt2-book.json
+	$(GPU_BENCH) --compile --variants trainer_syncs,unpadded_vocabulary,gelu_new,no_dropout --output bench/gpu-gpt2-book-compile.json
 
 ui: install
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \

@@ -1,148 +1,231 @@
-"""`make bench`: the pretrain stage's training loop (transformers `Trainer`) against a plain PyTorch
-loop training the same `GPT2LMHeadModel` on the same batches, in the same process; tokens/s, their
-ratio, MFU and peak memory, each the median of several runs; the effect of each fast default (SDPA
-attention, fused AdamW, no dataloader workers). With `data_stages`: tokenizer training against
-sentencepiece, and the corpus stage on corpora up to a gigabyte. Writes bench/results.json."""
+"""`make bench`: the pretrain stage's training loop (transformers `Trainer`, with the stage's defaults and
+its Throughput callback) against a plain PyTorch loop training the same `GPT2LMHeadModel` on the same
+batches, in the same process, alike in all but the framework: the same rows through the same collator
+and DataLoader settings, the same loss call, no KV cache, the loss and gradient norm read back at the same
+logging steps, both compiled or neither. Tokens/s by wall clock over the same steps, their ratio, MFU and
+peak memory, each the median of several runs; then each fast default against its alternative (variants).
+With `data_stages`: tokenizer training against sentencepiece, and the corpus stage on corpora up to a
+gigabyte. Writes bench/results.json."""
 
 import argparse
 import dataclasses
 import json
+import os
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+import accelerate
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments, set_seed
+import transformers
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from bench import data_stages
 from llmpipe import config
 from llmpipe.data.packing import causal_lm_batch
 from llmpipe.runtime import throughput
+from llmpipe.stages import base
 from llmpipe.stages.corpus import CorpusRecipe
 from llmpipe.stages.pretrain import PretrainRecipe
 from llmpipe.stages.tokenizer import TokenizerRecipe
 
 GPT2_VOCAB = 50257
+LOGGING_STEPS = 10  # both loops read the loss and gradient norm back this often
 
 
 def recipe_shape(recipe: Path) -> dict:
-    """Model config, context, batch size and precision of a recipe folder's pretrain stage."""
+    """Model config, context, batch size, precision and run settings of a recipe folder's pretrain stage."""
     tokenizer = config.load(TokenizerRecipe, recipe / "tokenizer.yaml")
     corpus = config.load(CorpusRecipe, recipe / "corpus.yaml")
     pretrain = config.load(PretrainRecipe, recipe / "pretrain.yaml")
     vocab = GPT2_VOCAB if tokenizer.init_from == "gpt2" else tokenizer.trainer["vocab_size"]
     training = pretrain.training
     return {
-        "config": GPT2Config(vocab_size=vocab, bos_token_id=vocab - 1, eos_token_id=vocab - 1, **pretrain.model),
+        # as the stage builds it: ids from the tokenizer, no pad_token_id, no KV cache while training
+        "config": GPT2Config(vocab_size=vocab, bos_token_id=vocab - 1, eos_token_id=vocab - 1, use_cache=False, **pretrain.model),
         "context": corpus.context_length,
         "batch": training.get("per_device_train_batch_size", 8),
         "learning_rate": float(training.get("learning_rate", 1e-3)),
         "bf16": bool(training.get("bf16", False)) and torch.cuda.is_available(),
+        "settings": {
+            "attention": "sdpa", "optim": "adamw_torch_fused", "workers": 0, "pad_to_multiple_of": pretrain.pad_to_multiple_of,
+            "activation": pretrain.model.get("activation_function", "gelu_new"), "dropout": pretrain.model.get("resid_pdrop", 0.1),
+            "trainer_syncs": False, "pad_token_id": False,
+        },
     }
 
 
-# Trainer settings whose effect the benchmark shows, each against the defaults (SDPA attention, fused
-# AdamW, batches collated in the training process).
+# each setting of the defaults above against its alternative; the Trainer syncs are what the pretrain
+# stage turned off (Trainer's token count, the NaN/inf filter, blocking copies, a pad_token_id on the config)
 VARIANTS = {
     "eager_attention": {"attention": "eager"},
     "unfused_adamw": {"optim": "adamw_torch"},
     "two_dataloader_workers": {"workers": 2},
+    "unpadded_vocabulary": {"pad_to_multiple_of": None},
+    "gelu_new": {"activation": "gelu_new"},
+    "no_dropout": {"dropout": 0.0},
+    "dropout_0.1": {"dropout": 0.1},
+    "trainer_syncs": {"trainer_syncs": True},
+    "pad_token_id_on_config": {"pad_token_id": True},
 }
 
 
-def fresh_model(shape: dict, device: torch.device, attention: str = "sdpa") -> GPT2LMHeadModel:
+def variants_of(shape: dict, names: list[str] | None) -> dict[str, dict]:
+    """The variants that change something in this recipe (all, or those named)."""
+    chosen = {name: VARIANTS[name] for name in (VARIANTS if names is None else names)}
+    return {name: change for name, change in chosen.items() if any(shape["settings"][k] != v for k, v in change.items())}
+
+
+def fresh_model(shape: dict, device: torch.device, settings: dict) -> GPT2LMHeadModel:
     set_seed(0)
-    config = GPT2Config(**{**shape["config"].to_dict(), "attn_implementation": attention})
-    return GPT2LMHeadModel(config).to(device)
+    dropout = settings["dropout"]
+    config = GPT2Config(**{
+        **shape["config"].to_dict(), "attn_implementation": settings["attention"], "activation_function": settings["activation"],
+        "resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout,
+        "pad_token_id": shape["config"].eos_token_id if settings["pad_token_id"] else None,
+    })
+    model = GPT2LMHeadModel(config)
+    if settings["pad_to_multiple_of"]:
+        model.resize_token_embeddings(pad_to_multiple_of=settings["pad_to_multiple_of"], mean_resizing=False)
+    return model.to(device)
 
 
-def plain_loop(shape: dict, blocks: torch.Tensor, warmup: int, device: torch.device) -> float:
+def plain_loop(shape: dict, rows: list[dict], warmup: int, device: torch.device, settings: dict) -> float:
     """Seconds for the timed steps of the textbook loop: forward, backward, clip, AdamW step."""
-    model = fresh_model(shape, device).train()
+    model = fresh_model(shape, device, settings).train()
     if shape["compile"]:
         model = torch.compile(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=shape["learning_rate"], weight_decay=0.1, fused=True)
-    batches = blocks.split(shape["batch"])
-    for step, batch in enumerate(batches):
+    loader = torch.utils.data.DataLoader(
+        rows, batch_size=shape["batch"], shuffle=True, collate_fn=causal_lm_batch, drop_last=True,
+        pin_memory=device.type == "cuda", num_workers=settings["workers"], generator=torch.Generator().manual_seed(0),
+    )
+    logged = torch.zeros((), device=device)
+    for step, batch in enumerate(loader, start=1):
+        batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=shape["bf16"]):
+            # the loss as Trainer asks for it: summed and divided by the label count of the batch
+            loss = model(**batch, num_items_in_batch=batch["labels"][..., 1:].ne(-100).sum()).loss
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        logged += loss.detach()
         if step == warmup:
             throughput.synchronize()
             started = time.perf_counter()
-        batch = batch.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=shape["bf16"]):
-            loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if step % LOGGING_STEPS == 0:
+            _ = (logged.item(), grad_norm.item())
+            logged.zero_()
     throughput.synchronize()
     return time.perf_counter() - started
 
 
-def trainer_loop(
-    shape: dict, blocks: torch.Tensor, warmup: int, device: torch.device,
-    attention: str = "sdpa", optim: str = "adamw_torch_fused", workers: int = 0,
-) -> float:
-    """Seconds for the timed steps under `Trainer` with the pretrain stage's collator."""
-    model = fresh_model(shape, device, attention)
-    timer = throughput.Throughput(skip_steps=warmup)
+class WallClock(TrainerCallback):
+    """Seconds from the end of the warm-up steps to the end of the last step (as the plain loop is timed)."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.seconds = warmup, 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in (self.warmup, state.max_steps):
+            throughput.synchronize()
+            self.seconds = time.perf_counter() - self.seconds
+
+
+def trainer_loop(shape: dict, rows: list[dict], warmup: int, device: torch.device, settings: dict) -> float:
+    """Seconds for the timed steps under `Trainer`, set up as the pretrain stage sets it up."""
+    model = fresh_model(shape, device, settings)
+    clock = WallClock(warmup)
+    syncs = {"include_num_input_tokens_seen": "all", "logging_nan_inf_filter": True, "accelerator_config": {"non_blocking": False}}
     with tempfile.TemporaryDirectory() as scratch:
-        arguments = TrainingArguments(
-            output_dir=scratch, max_steps=len(blocks) // shape["batch"], per_device_train_batch_size=shape["batch"],
-            learning_rate=shape["learning_rate"], weight_decay=0.1, max_grad_norm=1.0, bf16=shape["bf16"],
-            optim=optim, dataloader_num_workers=workers, report_to=[], save_strategy="no",
-            logging_strategy="no", disable_tqdm=True, dataloader_drop_last=True, include_num_input_tokens_seen="all",
-            torch_compile=shape["compile"],
-            dataloader_pin_memory=device.type == "cuda",
-        )
-        rows = [{"input_ids": block.tolist()} for block in blocks]
-        trainer = Trainer(model=model, args=arguments, train_dataset=rows, data_collator=causal_lm_batch, callbacks=[timer])
+        arguments = TrainingArguments(**{
+            **base.fast_defaults(), "include_num_input_tokens_seen": "no", "dataloader_drop_last": True,
+            **(syncs if settings["trainer_syncs"] else {}),
+            "output_dir": scratch, "max_steps": len(rows) // shape["batch"], "per_device_train_batch_size": shape["batch"],
+            "learning_rate": shape["learning_rate"], "weight_decay": 0.1, "max_grad_norm": 1.0, "bf16": shape["bf16"],
+            "optim": settings["optim"], "dataloader_num_workers": settings["workers"], "report_to": [], "save_strategy": "no",
+            "logging_steps": LOGGING_STEPS, "disable_tqdm": True, "torch_compile": shape["compile"], "seed": 0,
+        })
+        trainer = Trainer(model=model, args=arguments, train_dataset=rows, data_collator=causal_lm_batch, callbacks=[clock])
+        throughput.add_to(trainer, throughput.Throughput(sequence_length=shape["context"], skip_steps=warmup))
         trainer.train()
-    return timer.seconds
+    return clock.seconds
 
 
-def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool) -> dict:
+def timed(loop, *args) -> tuple[float, float]:
+    """(seconds, peak memory in GB) of one run of `loop`."""
+    device = args[3]
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = loop(*args)
+    return seconds, throughput.peak_memory_gb(device)
+
+
+def git_commit() -> str | None:
+    """HEAD of the checkout (with "+dirty" for uncommitted changes), or $BENCH_COMMIT in a copy without git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("BENCH_COMMIT")
+    return head + ("+dirty" if dirty.strip() else "")
+
+
+def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool, variants: list[str] | None = None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shape = recipe_shape(recipe) | {"compile": compile}
+    defaults = shape["settings"]
     generator = torch.Generator().manual_seed(0)
     blocks = torch.randint(0, shape["config"].vocab_size, ((steps + warmup) * shape["batch"], shape["context"]), generator=generator)
+    rows = [{"input_ids": block.tolist()} for block in blocks]
     timed_tokens = steps * shape["batch"] * shape["context"]
     with torch.device("meta"):
-        shaped = GPT2LMHeadModel(shape["config"])
+        shaped = fresh_model(shape, torch.device("meta"), defaults)
     flops_per_token = throughput.training_flops_per_token(shaped, shape["context"])
     parameters = sum(p.numel() for p in shaped.parameters())
     peak, source = throughput.device_peak(device)
     runs = []
     for _ in range(repeats):
-        plain = timed_tokens / plain_loop(shape, blocks, warmup, device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        library = timed_tokens / trainer_loop(shape, blocks, warmup, device)
-        runs.append({"plain_tokens_per_second": round(plain, 1), "trainer_tokens_per_second": round(library, 1)})
-    peak_memory = throughput.peak_memory_gb(device)
-    plain = statistics.median(run["plain_tokens_per_second"] for run in runs)
-    library = statistics.median(run["trainer_tokens_per_second"] for run in runs)
-    variants = {}
-    for name, settings in VARIANTS.items():
-        speed = statistics.median(timed_tokens / trainer_loop(shape, blocks, warmup, device, **settings) for _ in range(repeats))
-        variants[name] = {"trainer_tokens_per_second": round(speed, 1), "vs_default": round(speed / library, 3)}
+        plain, plain_memory = timed(plain_loop, shape, rows, warmup, device, defaults)
+        library, library_memory = timed(trainer_loop, shape, rows, warmup, device, defaults)
+        runs.append({
+            "plain_tokens_per_second": round(timed_tokens / plain, 1), "trainer_tokens_per_second": round(timed_tokens / library, 1),
+            "plain_peak_memory_gb": round(plain_memory, 3), "trainer_peak_memory_gb": round(library_memory, 3),
+        })
+    median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    plain, library = median["plain_tokens_per_second"], median["trainer_tokens_per_second"]
+    results = {}
+    for name, change in variants_of(shape, variants).items():
+        speeds = [timed_tokens / timed(trainer_loop, shape, rows, warmup, device, defaults | change)[0] for _ in range(repeats)]
+        speed = statistics.median(speeds)
+        results[name] = {"trainer_tokens_per_second": round(speed, 1), "vs_default": round(speed / library, 3)}
     mfu = (lambda tokens_per_second: round(flops_per_token * tokens_per_second / peak, 4) if peak else None)  # noqa: E731
     return {
         "recipe": str(recipe),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__},
+        "commit": git_commit(),
         "parameters": parameters,
-        "batch": shape["batch"], "context": shape["context"], "bf16": shape["bf16"], "compile": compile, "timed_steps": steps, "repeats": repeats,
+        "batch": shape["batch"], "context": shape["context"], "bf16": shape["bf16"], "compile": compile,
+        "warmup_steps": warmup, "timed_steps": steps, "repeats": repeats, "settings": defaults,
         "plain_tokens_per_second": plain,
         "trainer_tokens_per_second": library,
         "trainer_vs_plain": round(library / plain, 3),
         "plain_mfu": mfu(plain),
         "trainer_mfu": mfu(library),
         "flops_per_token": flops_per_token,
+        # llm.c's convention counts attention as 6 L C T instead of 12 L C T
+        "llmc_flops_per_token": flops_per_token - 6 * shape["config"].n_layer * shape["config"].n_embd * shape["context"],
         "device_peak_tflops": round(peak / 1e12, 3) if peak else None,
         "device_peak_source": source,
-        "peak_memory_gb": round(peak_memory, 3),
+        "plain_peak_memory_gb": median["plain_peak_memory_gb"],
+        "trainer_peak_memory_gb": median["trainer_peak_memory_gb"],
         "runs": runs,
-        "variants": variants,
+        "variants": results,
     }
 
 
@@ -154,7 +237,7 @@ def print_tables(results: dict) -> None:
         print(f"{'Trainer (pretrain)':<24}{train['trainer_tokens_per_second']:>12,.0f}{train['trainer_vs_plain']:>8.2f}{mfu(train['trainer_mfu'])}")
         for name, variant in train["variants"].items():
             print(f"{'  ' + name.replace('_', ' '):<24}{variant['trainer_tokens_per_second']:>12,.0f}{variant['vs_default']:>8.2f}  (vs Trainer defaults)")
-        print(f"{'peak memory':<24}{train['peak_memory_gb']:>11.2f}G")
+        print(f"{'peak memory':<24}{train['plain_peak_memory_gb']:>11.2f}G (plain), {train['trainer_peak_memory_gb']:.2f}G (Trainer)")
     if tok := results.get("tokenizer_training"):
         print(f"\n{'BPE training':<24}{'MB/s':>12}{'ratio':>8}{'peak':>8}   {tok['text_mb']} MB, vocabulary {tok['vocab_size']}")
         print(f"{'sentencepiece':<24}{tok['sentencepiece_mb_per_second']:>12.2f}{1.0:>8.2f}{tok['sentencepiece_peak_memory_gb']:>7.2f}G")
@@ -172,6 +255,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="runs; the median is reported (default: %(default)s)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in both loops")
+    parser.add_argument("--variants", help="comma-separated variants to measure, empty for none (default: all that apply: " + ", ".join(VARIANTS) + ")")
     parser.add_argument("--tokenizer-mb", type=float, default=16, help="generated text both BPE trainers learn from (default: %(default)s)")
     parser.add_argument("--corpus-mb", default="64,1024", help="generated corpus sizes for the corpus stage, comma-separated (default: %(default)s)")
     parser.add_argument("--corpus-repeats", type=int, default=1, help="corpus stage runs per size (default: %(default)s)")
@@ -180,7 +264,8 @@ def main() -> None:
     parts = set(args.parts.split(","))
     results = json.loads(args.output.read_text()) if args.output.is_file() else {}  # parts not measured keep their figures
     if "training" in parts:
-        results["training"] = training(args.recipe, args.steps, args.warmup, args.repeats, args.compile)
+        variants = None if args.variants is None else [name for name in args.variants.split(",") if name]
+        results["training"] = training(args.recipe, args.steps, args.warmup, args.repeats, args.compile, variants)
     if parts & {"tokenizer", "corpus"}:
         corpus = dataclasses.asdict(config.load(CorpusRecipe, args.recipe / "corpus.yaml"))
         recipe = corpus | {"num_proc": 1}  # one process: its memory is the peak

@@ -5,15 +5,25 @@ from tests.conftest import REPO
 
 
 def test_bench_times_both_loops_on_the_same_work_and_reports_their_ratio():
-    result = training.training(REPO / "recipes" / "test", steps=2, warmup=1, repeats=1, compile=False)
+    result = training.training(REPO / "recipes" / "test", steps=2, warmup=1, repeats=1, compile=False, variants=["trainer_syncs", "no_dropout"])
     (run,) = result["runs"]
     assert run["plain_tokens_per_second"] > 0 and run["trainer_tokens_per_second"] > 0
     assert result["trainer_vs_plain"] == round(run["trainer_tokens_per_second"] / run["plain_tokens_per_second"], 3)
-    assert result["context"] == 32 and result["batch"] == 8
-    assert result["flops_per_token"] > 6 * result["parameters"]  # plus attention
-    assert 0 < result["trainer_mfu"] and result["peak_memory_gb"] > 0
+    assert result["context"] == 32 and result["batch"] == 8 and result["warmup_steps"] == 1
+    assert result["flops_per_token"] > result["llmc_flops_per_token"] > 6 * result["parameters"]  # plus attention
+    assert 0 < result["trainer_mfu"] and result["trainer_peak_memory_gb"] > 0 and result["plain_peak_memory_gb"] > 0
+    assert set(result["versions"]) == {"torch", "transformers", "accelerate"} and result["commit"]
+    assert set(result["variants"]) == {"trainer_syncs", "no_dropout"}
     for name, variant in result["variants"].items():  # each fast default, switched off
         assert variant["vs_default"] == round(variant["trainer_tokens_per_second"] / result["trainer_tokens_per_second"], 3), name
+
+
+def test_variants_that_change_nothing_in_a_recipe_are_left_out():
+    shape = training.recipe_shape(REPO / "recipes" / "test")  # unpadded vocabulary, GPT2Config's dropout 0.1
+    assert "unpadded_vocabulary" not in training.variants_of(shape, None)
+    assert "dropout_0.1" not in training.variants_of(shape, None) and "no_dropout" in training.variants_of(shape, None)
+    book = training.recipe_shape(REPO / "recipes" / "gpt2-book")
+    assert book["settings"]["pad_to_multiple_of"] == 64 and "unpadded_vocabulary" in training.variants_of(book, None)
 
 
 def test_generated_text_has_the_size_asked_for_and_distinct_documents(tmp_path):

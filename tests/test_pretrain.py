@@ -33,6 +33,16 @@ def test_model_takes_vocabulary_and_special_ids_from_the_tokenizer(tokenizer, tm
     assert model.config.bos_token_id == tokenizer.bos_token_id != 50256
 
 
+def test_vocabulary_padded_to_a_multiple_keeps_the_tokenizer_and_has_no_pad_token_id_while_training(tokenizer, tmp_path):
+    recipe = PretrainRecipe(model={"n_embd": 16, "n_layer": 1, "n_head": 2, "n_positions": 32}, pad_to_multiple_of=64)
+    model = build_model(recipe, tokenizer, 32, tmp_path)
+    assert model.config.vocab_size % 64 == 0 and 0 <= model.config.vocab_size - len(tokenizer) < 64
+    assert model.get_input_embeddings().weight.shape[0] == model.lm_head.weight.shape[0] == model.config.vocab_size
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()  # still tied
+    assert model.config.pad_token_id is None  # else every eager forward checks the inputs for padding (a GPU sync)
+    assert model.generation_config.pad_token_id == tokenizer.pad_token_id
+
+
 def test_context_longer_than_the_model_is_named(tokenizer, tmp_path):
     with pytest.raises(UserError, match=r"blocks have 64 tokens but the model's n_positions is 32"):
         build_model(PretrainRecipe(model={"n_embd": 16, "n_layer": 1, "n_head": 2, "n_positions": 32}), tokenizer, 64, tmp_path)

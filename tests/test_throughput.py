@@ -1,7 +1,7 @@
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
 from llmpipe.data.packing import causal_lm_batch
 from llmpipe.runtime import throughput
@@ -46,19 +46,71 @@ def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert throughput.device_peak(torch.device("cpu"))[0] == 1e11 and calls == [1, 1]
 
 
-def test_callback_counts_the_timed_steps_tokens_only(tmp_path, monkeypatch):
-    monkeypatch.setattr(throughput, "device_peak", lambda device: (1e9, "test"))
-    blocks = [{"input_ids": list(range(i, i + 16))} for i in range(12)]
+@pytest.mark.parametrize("counted_by", ["trainer", "callback"])
+def test_callback_counts_the_timed_steps_tokens_only(counted_by, tmp_path, monkeypatch):
+    monkeypatch.setattr(throughput, "device_peak", lambda device: (1e7, "test"))  # an MFU far above rounding
+    blocks = [{"input_ids": list(range(i, i + 16))} for i in range(13)]  # the 13th is dropped: batches stay full
     arguments = TrainingArguments(
         output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=2, report_to=[], save_strategy="no",
-        include_num_input_tokens_seen="non_padding", disable_tqdm=True, use_cpu=True,
+        include_num_input_tokens_seen="non_padding" if counted_by == "trainer" else "no", dataloader_drop_last=True,
+        disable_tqdm=True, use_cpu=True,
     )
-    timer = throughput.Throughput(skip_steps=2)
-    trainer = Trainer(model=small_model(), args=arguments, train_dataset=blocks, data_collator=causal_lm_batch, callbacks=[timer])
+    timer = throughput.Throughput(sequence_length=16 if counted_by == "callback" else None, skip_steps=2)
+    trainer = Trainer(model=small_model(), args=arguments, train_dataset=blocks, data_collator=causal_lm_batch)
+    throughput.add_to(trainer, timer)
     trainer.train()
     summary = timer.summary(trainer)
+    assert trainer.state.num_input_tokens_seen == 6 * 2 * 16
     assert trainer.state.num_input_tokens_seen - timer.untimed_tokens == 4 * 2 * 16  # steps 3-6
     assert summary["tokens_per_second"] == pytest.approx(4 * 2 * 16 / timer.seconds, rel=1e-3)
     flops = throughput.training_flops_per_token(trainer.model, 16)
-    assert summary["mfu"] == pytest.approx(flops * summary["tokens_per_second"] / 1e9, rel=1e-2)
+    assert summary["mfu"] == pytest.approx(flops * summary["tokens_per_second"] / 1e7, rel=1e-2)
     assert summary["peak_memory_gb"] > 0
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_callback_counts_every_micro_batch_across_epochs_and_accumulation(tmp_path, drop_last):
+    blocks = [{"input_ids": list(range(i, i + 8))} for i in range(7)]  # 3 full batches of 2 an epoch, and one of 1
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+        report_to=[], save_strategy="no", include_num_input_tokens_seen="no", dataloader_drop_last=drop_last,
+        disable_tqdm=True, use_cpu=True,
+    )
+    trainer = Trainer(model=small_model(), args=arguments, train_dataset=blocks, data_collator=causal_lm_batch)
+    throughput.add_to(trainer, throughput.Throughput(sequence_length=8))
+    trainer.train()
+    assert trainer.state.global_step == 4  # 2 accumulated steps an epoch
+    assert trainer.state.num_input_tokens_seen == 2 * (6 if drop_last else 7) * 8  # exactly the blocks trained on
+
+
+class Reporter(TrainerCallback):
+    """Stands for MLflow: Trainer hands each log to the callbacks in order."""
+
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs))
+
+
+def test_tokens_per_second_and_mfu_are_logged_at_every_logging_step(tmp_path, monkeypatch):
+    monkeypatch.setattr(throughput, "device_peak", lambda device: (1e9, "test"))
+    blocks = [{"input_ids": list(range(i, i + 16))} for i in range(12)]
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=2, logging_steps=2, report_to=[],
+        save_strategy="no", include_num_input_tokens_seen="no", disable_tqdm=True, use_cpu=True,
+    )
+    reporter = Reporter()
+    trainer = Trainer(model=small_model(), args=arguments, train_dataset=blocks, data_collator=causal_lm_batch, callbacks=[reporter])
+    throughput.add_to(trainer, timer := throughput.Throughput(sequence_length=16))
+    trainer.train()
+    assert trainer.callback_handler.callbacks.index(timer) < trainer.callback_handler.callbacks.index(reporter)
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["step"] for entry in logged] == [2, 4, 6]
+    for entry, seen in zip(logged, [log for log in reporter.logs if "loss" in log], strict=True):
+        assert entry["tokens_per_second"] == seen["tokens_per_second"] > 0
+        assert 0 < entry["mfu"] == seen["mfu"]
+        assert "grad_norm" in entry and "learning_rate" in entry
+    # the windows between logging steps add up to the whole timed run
+    windows = [2 * 2 * 16 / entry["tokens_per_second"] for entry in logged]
+    assert sum(windows) == pytest.approx(timer.seconds, rel=1e-2)

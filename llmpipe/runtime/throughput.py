@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers import DefaultFlowCallback, PreTrainedModel, Trainer, TrainerCallback
 
 from llmpipe.runtime import atomic
 
@@ -88,15 +88,25 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 class Throughput(TrainerCallback):
-    """Times the training steps only (not evaluation or saving) and reports, at the end, tokens/s,
-    achieved FLOP/s per device, MFU and peak memory. Needs `include_num_input_tokens_seen`."""
+    """Times the training steps only (not evaluation or saving) and reports tokens/s, achieved FLOP/s per
+    device and MFU at every logging step (added to the log, so MLflow charts them) and, with peak memory,
+    at the end (`summary`). With `sequence_length` it counts the tokens itself, `sequence_length` a
+    sequence (packed blocks), on the host: Trainer's own count (`include_num_input_tokens_seen`)
+    synchronises with the GPU at every micro-batch. Without it, it reads Trainer's count (padded batches).
+    Add it with `add_to`, so its log entries reach the reporters."""
 
-    def __init__(self, skip_steps: int = 0):
+    def __init__(self, sequence_length: int | None = None, skip_steps: int = 0):
+        self.sequence_length = sequence_length
         self.skip_steps = skip_steps  # warm-up steps left out of the timing (benchmarks)
         self.seconds = 0.0
         self.first_step: int | None = None  # where this process started: 0, or the step a resume continues from
         self.untimed_tokens = 0
         self._started: float | None = None
+        self._last_log = (0.0, 0, 0)  # seconds, tokens, steps at the previous logging step
+
+    def _count_batch(self, args, state) -> None:
+        if self.sequence_length is not None and args.include_num_input_tokens_seen == "no":  # else Trainer counts
+            state.num_input_tokens_seen += args.train_batch_size * args.world_size * self.sequence_length
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.first_step is None:
@@ -105,7 +115,20 @@ class Throughput(TrainerCallback):
             synchronize()
             self._started = time.perf_counter()
 
+    def on_substep_end(self, args, state, control, **kwargs):
+        self._count_batch(args, state)
+
+    def on_epoch_end(self, args, state, control, train_dataloader=None, **kwargs):
+        """One process's last batch of an epoch is short unless the data divides (several processes get
+        even batches from accelerate): take back what `_count_batch` counted as full."""
+        counting = self.sequence_length is not None and args.include_num_input_tokens_seen == "no"
+        completed = abs(state.epoch - round(state.epoch)) < 1e-9  # not stopped part-way by max_steps
+        if counting and completed and args.world_size == 1 and not args.dataloader_drop_last:
+            short = len(train_dataloader) * args.train_batch_size - len(train_dataloader.dataset)
+            state.num_input_tokens_seen -= short * self.sequence_length
+
     def on_step_end(self, args, state, control, **kwargs):
+        self._count_batch(args, state)
         # Synchronising only where a run of steps ends lets the GPU queue work ahead in between.
         interrupted = control.should_evaluate or control.should_save or control.should_log or control.should_training_stop
         if state.global_step <= self.first_step + self.skip_steps:
@@ -117,26 +140,55 @@ class Throughput(TrainerCallback):
             self.seconds += time.perf_counter() - self._started
             self._started = None
 
-    def summary(self, trainer: Trainer) -> dict[str, float | str]:
-        args, state, model = trainer.args, trainer.state, trainer.model
-        tokens = state.num_input_tokens_seen - self.untimed_tokens
-        steps = state.global_step - (self.first_step or 0) - self.skip_steps
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if "loss" not in logs:  # evaluation and end-of-training entries
+            return
+        now = (self.seconds, self.timed_tokens(state), self.timed_steps(state))
+        seconds, tokens, steps = (a - b for a, b in zip(now, self._last_log))
+        if seconds > 0:
+            rates = self.rates(args, model, tokens, seconds, steps)
+            logs |= {key: rates[key] for key in ("tokens_per_second", "mfu") if key in rates}
+            state.log_history[-1] |= logs  # Trainer recorded a copy before calling the callbacks
+        self._last_log = now
+
+    def timed_tokens(self, state) -> int:
+        return state.num_input_tokens_seen - self.untimed_tokens
+
+    def timed_steps(self, state) -> int:
+        return max(state.global_step - (self.first_step or 0) - self.skip_steps, 0)
+
+    def rates(self, args, model, tokens: int, seconds: float, steps: int) -> dict[str, float]:
         sequences = steps * args.train_batch_size * args.gradient_accumulation_steps * args.world_size
-        tokens_per_second = tokens / self.seconds if self.seconds else 0.0
+        tokens_per_second = tokens / seconds if seconds else 0.0
         flops_per_token = training_flops_per_token(model, round(tokens / max(sequences, 1)))
         achieved = flops_per_token * tokens_per_second / args.world_size
+        metrics = {"tokens_per_second": round(tokens_per_second, 1), "achieved_tflops_per_device": round(achieved / 1e12, 4)}
         peak, source = device_peak(model.device)
-        metrics = {
-            "tokens_per_second": round(tokens_per_second, 1),
-            "train_step_seconds": round(self.seconds, 2),
-            "achieved_tflops_per_device": round(achieved / 1e12, 4),
-            "peak_memory_gb": round(peak_memory_gb(model.device), 3),
-        }
         if peak:
             metrics["mfu"] = round(achieved / peak, 4)
             metrics["device_peak_tflops"] = round(peak / 1e12, 3)
         metrics["device_peak_source"] = source
         return metrics
+
+    def summary(self, trainer: Trainer) -> dict[str, float | str]:
+        state, model = trainer.state, trainer.model
+        rates = self.rates(trainer.args, model, self.timed_tokens(state), self.seconds, self.timed_steps(state))
+        return {
+            "tokens_per_second": rates.pop("tokens_per_second"),
+            "train_step_seconds": round(self.seconds, 2),
+            "achieved_tflops_per_device": rates.pop("achieved_tflops_per_device"),
+            "peak_memory_gb": round(peak_memory_gb(model.device), 3),
+            **rates,
+        }
+
+
+def add_to(trainer: Trainer, timer: Throughput) -> None:
+    """Right after Trainer's flow callback (which decides, in `on_step_end`, when to log and evaluate: the
+    timer closes its timing windows there) and before the reporters (MLflow, the console), which get each
+    log after it; `Trainer(callbacks=...)` would put it after them."""
+    callbacks = trainer.callback_handler.callbacks
+    flow = next(i for i, callback in enumerate(callbacks) if isinstance(callback, DefaultFlowCallback))
+    callbacks.insert(flow + 1, timer)
 
 
 # what `Throughput.summary` measures: properties of the machine and the run, not of the model

@@ -150,16 +150,23 @@ def check_training(settings: dict, recipe_path: Path) -> None:
         raise UserError(f"{where}` trains for no steps: set `max_steps` or `num_train_epochs` above 0")
 
 
+def fast_defaults() -> dict[str, Any]:
+    """TrainingArguments defaults that keep the host from waiting on the GPU at every step."""
+    gpu = torch.cuda.is_available()
+    return {
+        "dataloader_pin_memory": gpu,  # pinned host memory, so that batches copy to the GPU asynchronously
+        "accelerator_config": {"non_blocking": gpu},
+        "logging_nan_inf_filter": False,  # an isnan/isinf read back from the GPU every micro-batch
+        # without it, processes launched on a machine with no GPU each believe they are the only one
+        "use_cpu": not gpu,
+    }
+
+
 def training_arguments(cls: type, settings: dict, checkpoints: str, job: Stage, **defaults: Any):
     """`TrainingArguments` (or a subclass such as TRL's `SFTConfig`) from the recipe's `training`
-    section (checked by `begin`); llmpipe owns where checkpoints go and where metrics are reported."""
-    defaults = {
-        "dataloader_pin_memory": torch.cuda.is_available(),  # pinning is for GPU copies
-        # without it, processes launched on a machine with no GPU each believe they are the only one
-        "use_cpu": not torch.cuda.is_available(),
-        "include_num_input_tokens_seen": "non_padding",  # for tokens/s and MFU (throughput.Throughput)
-        **defaults,
-    }
+    section (checked by `begin`); llmpipe owns where checkpoints go and where metrics are reported. Trainer
+    counts the input tokens (for throughput.Throughput) unless `defaults` says otherwise."""
+    defaults = {**fast_defaults(), "include_num_input_tokens_seen": "non_padding", **defaults}
     try:
         return cls(**{**defaults, **settings}, output_dir=checkpoints, report_to=job.tracker.report_to)
     except ValueError as err:

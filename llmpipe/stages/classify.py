@@ -101,8 +101,8 @@ def main(args: argparse.Namespace) -> None:
             data_collator=DataCollatorWithPadding(tokenizer),
             processing_class=tokenizer,
             compute_metrics=compute_scores,
-            callbacks=[timer := throughput.Throughput()],
         )
+        throughput.add_to(trainer, timer := throughput.Throughput())
         base.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.classify_data]))
         final = trainer.evaluate(eval_dataset=dict(encoded))
         metrics = {}

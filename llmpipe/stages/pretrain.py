@@ -27,6 +27,9 @@ SET_FROM_TOKENIZER = ("bos_token_id", "eos_token_id", "pad_token_id")
 class PretrainRecipe:
     init_from: str | None = None  # Hub id or folder (e.g. gpt2): continue from those weights; `model` must be empty
     model: dict = library_section(GPT2Config)
+    # rows added to the embedding (never a token) so the vocabulary is a multiple of this: tensor-core
+    # friendly shapes for the output layer (nanoGPT and llm.c pad GPT-2's 50,257 to 50,304 with 64)
+    pad_to_multiple_of: int | None = None
     training: dict = library_section(TrainingArguments)
     train_eval_blocks: int | None = None  # train blocks scored beside validation at each evaluation; default: as many as validation
     sample_prompt: str = "Every effort moves you"  # continued greedily after training, logged
@@ -47,8 +50,12 @@ def build_model(recipe: PretrainRecipe, tokenizer, context_length: int, source: 
         model = artifacts.load_causal_lm(recipe.init_from)
     else:
         settings = {"vocab_size": len(tokenizer), **recipe.model}
-        settings |= {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+        # no pad_token_id on the config: blocks are full, and with one transformers checks every eager
+        # forward's inputs for padding, a GPU sync (generation takes it from the generation config)
+        settings |= {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
         model = GPT2LMHeadModel(GPT2Config(**settings))
+    if recipe.pad_to_multiple_of:
+        model.resize_token_embeddings(pad_to_multiple_of=recipe.pad_to_multiple_of, mean_resizing=False)
     if model.config.vocab_size < len(tokenizer):
         raise UserError(f"the model's vocab_size ({model.config.vocab_size}) is smaller than the tokenizer's ({len(tokenizer)})")
     if recipe.init_from and artifacts.load_tokenizer(recipe.init_from).get_vocab() != tokenizer.get_vocab():
@@ -103,8 +110,8 @@ def main(args: argparse.Namespace) -> None:
 
     with job.tracker:
         job.log_config()
-        training = base.training_arguments(  # blocks are full: every token counts
-            TrainingArguments, recipe.training, args.checkpoints, job, include_num_input_tokens_seen="all", eval_on_start=True
+        training = base.training_arguments(  # throughput.Throughput counts the tokens: blocks are full
+            TrainingArguments, recipe.training, args.checkpoints, job, eval_on_start=True, include_num_input_tokens_seen="no",
         )
         set_seed(training.seed)
         model = build_model(recipe, tokenizer, context_length, job.recipe_path)
@@ -115,8 +122,8 @@ def main(args: argparse.Namespace) -> None:
             train_dataset=corpus["train"],
             eval_dataset={"train": train_eval, "validation": corpus["validation"]},
             data_collator=packing.causal_lm_batch,
-            callbacks=[timer := throughput.Throughput()],
         )
+        throughput.add_to(trainer, timer := throughput.Throughput(sequence_length=context_length))
         base.train(trainer, args, checkpoints.run_identity(recipe, model, [f["filename"] for f in corpus["train"].cache_files]))
         final = trainer.evaluate()
         initial = base.initial_losses(trainer.state.log_history)

@@ -81,8 +81,8 @@ def run(
             eval_dataset={"train": base.train_probe(data["train"], len(data["validation"])), "validation": data["validation"]},
             processing_class=tokenizer,
             peft_config=peft_config(recipe) if peft_config else None,
-            callbacks=[timer := throughput.Throughput()],
         )
+        throughput.add_to(trainer, timer := throughput.Throughput())
         base.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.instruction_data]))
         final = trainer.evaluate()
         metrics, samples = {}, []
