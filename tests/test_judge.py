@@ -16,7 +16,8 @@ from llmpipe.data import instructions
 from llmpipe.errors import UserError
 from llmpipe.judge.backends import load
 from llmpipe.judge.base import SCORES, JudgeSettings
-from llmpipe.judge.hf import HfJudge, candidate_log_probs, verdict
+from llmpipe.judge.hf import HfJudge, verdict
+from llmpipe.judge.scoring import candidate_log_probs, trie
 from llmpipe.judge.openai import parse_score
 from llmpipe.metrics import evaluate_modules
 
@@ -81,6 +82,36 @@ def test_cached_candidate_scoring_matches_plain_forward_passes(tiny_model, token
         log_probs = torch.log_softmax(logits, -1)
         expected = sum(float(log_probs[len(prompt) - 1 + i, token]) for i, token in enumerate(candidate))
         assert float(value) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_batched_judge_gives_the_one_at_a_time_verdicts(tmp_path, tokenizer, chat):
+    """Shared prompt beginnings, the candidate trie and repeated prompts change nothing but the speed."""
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    tokenizer.chat_template = instructions.CHAT_TEMPLATE if chat else None
+    tokenizer.save_pretrained(tmp_path)
+    judge = HfJudge(JudgeSettings(model=str(tmp_path)), batch_size=3)
+    request = instructions.request({"instruction": "Give a synonym for 'happy'.", "input": "", "output": ""})
+    examples = [(request, "Joyful.", answer) for answer in ("Joyful.", "Sad.", "The sun is a star " * 6, "Joyful.", "Glad.")]
+    examples += [(instructions.request({"instruction": "Add 2 and 3.", "input": "", "output": ""}), "5", "Five, since 2 + 3 = 5.")]
+    batched = judge.judge_many(examples)
+    for example, many in zip(examples, batched):
+        one = judge(*example)
+        assert many.score == pytest.approx(one.score, abs=1e-4)
+        assert many.detail["mass_on_scores"] == pytest.approx(one.detail["mass_on_scores"], rel=1e-4)
+        assert many.detail["mode"] == one.detail["mode"]
+
+
+def test_candidate_trie_feeds_each_digit_prefix_once():
+    candidates = [[int(d) for d in str(score)] + [10] for score in SCORES]  # digits are tokens 0-9, EOS is 10
+    tree = trie(candidates)
+    assert len(tree.tokens) == 10 + 90 + 1  # "0".."9", "10".."99", "100"
+    four_two = next(i for i, (t, d) in enumerate(zip(tree.tokens, tree.depths)) if t == 2 and d == 2 and tree.sees[i].sum() == 2
+                    and tree.tokens[tree.sees[i].nonzero()[0, 0]] == 4)
+    assert tree.steps[42][tree.steps_real[42]].tolist() == [0, int(tree.sees[four_two].nonzero()[0, 0]) + 1, four_two + 1]
 
 
 def test_hf_judge_keeps_the_end_of_a_prompt_too_long_for_its_context(tmp_path):

@@ -235,6 +235,23 @@ def model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
 
 
+def judge_card(origin: str, how: str, license: str, folder: str) -> ModelCard:
+    """The card of the judge the `judge-model` stage writes; `origin` (in the metadata too) is what the
+    evaluate stage names as its judge."""
+    data = ModelCardData(
+        model_name=Path(folder).name, license=license, library_name="transformers", pipeline_tag="text-generation",
+        base_model=origin if re.fullmatch(r"[\w.-]+/[\w.-]+", origin) and not Path(origin).exists() else None,
+        tags=["llmpipe", "judge"], origin=origin,
+    )
+    text = (
+        f"# {Path(folder).name}\n\nThe judge of llmpipe's `evaluate` stage (book ch7.8), written by the `judge-model` stage: "
+        f"{origin}, {how}, saved as float32 safetensors with its tokenizer and chat template.\n\n"
+        f"## License\n\n{license}: the license of {origin}.\n\n"
+        f"## Usage\n\n```python\n{usage('sft', folder, 'chat')}```\n"
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}")
+
+
 def write(folder: str | Path, card: ModelCard) -> None:
     """The card as the folder's README.md (replacing the one PEFT writes with an empty base model)."""
     card.save(Path(folder) / "README.md")
