@@ -1,3 +1,4 @@
+import json
 import math
 import os
 import socket
@@ -20,6 +21,7 @@ from llmpipe.judge.hf import HfJudge, verdict
 from llmpipe.judge.scoring import candidate_log_probs, trie
 from llmpipe.judge.openai import parse_score
 from llmpipe.metrics import evaluate_modules
+from tests.conftest import REPO
 
 WORDS = ["<|endoftext|>", "[UNK]", *map(str, SCORES), "great", "answer", "score"]
 
@@ -150,10 +152,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """`transformers serve` on 127.0.0.1 with two judges the test built: one answers 42, one "great"."""
+def served(tmp_path_factory, packaged_judge):
+    """`transformers serve` on 127.0.0.1 with two judges the test built (one answers 42, one "great") and the
+    pipeline's real judge, SmolLM2-135M-Instruct."""
     folder = tmp_path_factory.mktemp("served")
     judges = {word: str(judge_that_says(word, folder / word)) for word in ("42", "great")}
+    judges["smollm2"] = str(packaged_judge)
     port = free_port()
     command = [str(Path(sys.executable).with_name("transformers")), "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env={**os.environ, "HF_HOME": str(folder / "hf")})
@@ -197,6 +201,22 @@ def test_openai_judge_keeps_and_counts_answers_that_are_not_integers(served):
     assert [d["answer"] for d in judged["details"]] == ["great", "great"]
     longer = openai_judge(base_url, judges["42"], max_tokens=3)  # "42 42 42": not an integer alone
     assert longer["unscored"] == 2
+
+
+def test_openai_judge_with_a_real_instruct_model_counts_the_answers_it_cannot_parse(served):
+    """The book's failure mode with Ollama: a free-text answer that is not an integer 0-100. Kept and counted."""
+    base_url, judges = served
+    entries = json.loads((REPO / "data" / "instruction-data.json").read_text())[:6]
+    judged = evaluate_modules.load("judge").compute(
+        predictions=[instructions.reference(e) for e in entries], references=[instructions.reference(e) for e in entries],
+        requests=[instructions.request(e) for e in entries], backend="openai", base_url=base_url, model=judges["smollm2"],
+        max_retries=0, max_tokens=8,
+    )
+    assert len(judged["scores"]) == 6 and len(judged["details"]) == 6
+    parsed = sum(score is not None for score in judged["scores"])
+    assert judged["unscored"] == 6 - parsed
+    print(f"\nSmolLM2-135M-Instruct through transformers serve: {parsed}/6 answers parse as an integer 0-100: "
+          f"{[d['answer'] for d in judged['details']]}")
 
 
 def test_openai_judge_names_the_endpoint_when_it_errors(served):
