@@ -222,6 +222,10 @@ def model_card(
         rows = [(f"{r.metric_name} ({r.dataset_name}, {r.dataset_split})", r.metric_value) for r in results]
         judged = [r.metric_config for r in results if r.metric_config]
         note = f"\n\nJudged by {judged[0]}." if judged else ""
+        if judged and (trust := (evaluation or {}).get("judge_validity")):
+            note += (f" How far to trust it: scoring each test reference against a mismatched one, AUC {trust['auc']}, "
+                     f"paired win rate {trust['win_rate']:.0%} ({trust['pairs']} pairs; 0.5 is chance); "
+                     f"length bias (Spearman, score vs words) {trust['length_bias']}.")
         sections.append("## Evaluation\n\n" + _table(("Metric", "Value"), rows) + note)
     sources = []
     if not (facts.artifact == "tokenizer" and facts.base_model):  # a copied tokenizer was trained on nothing here

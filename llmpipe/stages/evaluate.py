@@ -182,7 +182,7 @@ def main(args: argparse.Namespace) -> None:
     with job.tracker:
         job.log_config(**config.flatten(task, "instructions."))
         the_judge = load_judge_or_explain(judge_settings, device, job.recipe_path)
-        name_of_judge = f"self ({the_judge.identity}: the sft model judging, a smoke test)" if is_self else describe(the_judge)
+        name_of_judge = "self" if is_self else describe(the_judge)  # self: the sft model judging, a smoke test
         judged, rouge = evaluate_modules.load("judge"), evaluate_modules.load("rouge_l")
         references = [instructions.reference(entry) for entry in entries]
         requests = [instructions.request(entry) for entry in entries]
