@@ -211,6 +211,14 @@ def main(args: argparse.Namespace) -> None:
                 results[name] = summarize(rows, overlap["rougeL"], recipe.bootstrap)
                 results[name] |= {"model": source, "weights_sha256": artifacts.weights_digest(source)}  # for the cards
             trust = judge_validity(per_set, answers)
+            checked_rows = [
+                {"instruction": request, "reference": reference, "mismatched_reference": wrong,
+                 "reference_score": right_score, "mismatched_score": wrong_score}
+                for request, reference, wrong, right_score, wrong_score in zip(
+                    requests, references, checks[MISMATCHED], per_set[REFERENCE]["scores"], per_set[MISMATCHED]["scores"]
+                )
+            ]
+            (staging / "validity.jsonl").write_text("".join(json.dumps(row) + "\n" for row in checked_rows), encoding="utf-8")
             charts.judge_scores(results, name_of_judge, recipe.bootstrap.confidence, staging / "scores.png", trust)
         job.tracker.log_artifact(Path(args.output) / "scores.png", "evaluate")
 
