@@ -18,8 +18,8 @@ from llmpipe.errors import UserError
 from llmpipe.judge.backends import load
 from llmpipe.judge.base import SCORES, JudgeSettings
 from llmpipe.judge.hf import HfJudge, verdict
-from llmpipe.judge.scoring import candidate_log_probs, trie
 from llmpipe.judge.openai import parse_score
+from llmpipe.judge.scoring import candidate_log_probs, trie
 from llmpipe.metrics import evaluate_modules
 from tests.conftest import REPO
 

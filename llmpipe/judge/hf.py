@@ -5,8 +5,8 @@ it finds each allowed answer ("0" ... "100", each followed by EOS) and report th
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from huggingface_hub import ModelCard
+from tqdm.auto import tqdm
 
 from llmpipe import artifacts
 from llmpipe.data import instructions

@@ -56,7 +56,7 @@ def trie(candidates: list[list[int]]) -> Trie:
     for candidate in candidates:
         at = -1  # the prompt
         path = []
-        for depth, token in enumerate(candidate):
+        for depth in range(len(candidate)):
             path.append(at + 1)
             if depth == len(candidate) - 1:
                 break
