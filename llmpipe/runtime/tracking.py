@@ -20,6 +20,9 @@ from llmpipe.params import MlflowParams
 from llmpipe.runtime import redact
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# mlflow.genai.evaluate scores in 10 threads by default; against the SQLite store on a busy machine they exhaust
+# SQLAlchemy's connection pool and traces are dropped (measured on 2 cores). The scores are computed already.
+os.environ.setdefault("MLFLOW_GENAI_EVAL_MAX_WORKERS", "2")
 
 PIPELINE_TAG = "llmpipe.pipeline_id"
 
