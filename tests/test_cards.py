@@ -37,6 +37,14 @@ def test_card_metadata_parses_and_holds_the_metrics_and_the_named_judge(tmp_path
     assert cards.CardFacts(**meta["llmpipe"]) == facts("sft")  # what push re-renders from
 
 
+def test_card_names_the_judge_and_how_far_to_trust_it():
+    judged = EVALUATION | {"judge": "HuggingFaceTB/SmolLM2-135M-Instruct (artifacts/judge)", "judge_model": "hf:artifacts/judge",
+                           "judge_validity": {"auc": 0.61, "win_rate": 0.72, "pairs": 110, "length_bias": 0.3}}
+    card = cards.model_card(facts("lora-merged"), "alice/tiny-lora-merged", "apache-2.0", "en", judged, on_hub=True)
+    assert "Judged by HuggingFaceTB/SmolLM2-135M-Instruct (artifacts/judge) (hf:artifacts/judge)." in card.text
+    assert "AUC 0.61, paired win rate 72% (110 pairs; 0.5 is chance)" in card.text
+
+
 def test_card_names_each_data_files_source_and_license(tmp_path):
     text = str(cards.model_card(facts("sft", data=["data/text/tinyshakespeare.txt", "mine/notes.txt"]), "x", "mit", "en"))
     assert "karpathy/char-rnn" in text and "public domain" in text

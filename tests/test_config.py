@@ -12,6 +12,7 @@ from llmpipe.errors import UserError
 from llmpipe.stages.classify import ClassifyRecipe
 from llmpipe.stages.corpus import CorpusRecipe
 from llmpipe.stages.evaluate import EvaluateRecipe
+from llmpipe.stages.judge_model import JudgeModelRecipe
 from llmpipe.stages.lora import LoraRecipe
 from llmpipe.stages.pretrain import PretrainRecipe
 from llmpipe.stages.tokenizer import TokenizerRecipe
@@ -116,7 +117,7 @@ def test_nested_dataclasses_and_literals_are_checked(tmp_path):
 SCHEMAS = {
     "tokenizer": TokenizerRecipe, "corpus": CorpusRecipe, "pretrain": PretrainRecipe,
     "classify": ClassifyRecipe, "sft": SftRecipe, "lora": LoraRecipe, "evaluate": EvaluateRecipe,
-    "instructions": InstructionTask,
+    "instructions": InstructionTask, "judge-model": JudgeModelRecipe,
 }
 STAGE_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate")
 

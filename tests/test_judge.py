@@ -1,3 +1,4 @@
+import json
 import math
 import os
 import socket
@@ -16,9 +17,11 @@ from llmpipe.data import instructions
 from llmpipe.errors import UserError
 from llmpipe.judge.backends import load
 from llmpipe.judge.base import SCORES, JudgeSettings
-from llmpipe.judge.hf import HfJudge, candidate_log_probs, verdict
+from llmpipe.judge.hf import HfJudge, verdict
 from llmpipe.judge.openai import parse_score
+from llmpipe.judge.scoring import candidate_log_probs, trie
 from llmpipe.metrics import evaluate_modules
+from tests.conftest import REPO
 
 WORDS = ["<|endoftext|>", "[UNK]", *map(str, SCORES), "great", "answer", "score"]
 
@@ -83,6 +86,36 @@ def test_cached_candidate_scoring_matches_plain_forward_passes(tiny_model, token
         assert float(value) == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.parametrize("chat", [False, True])
+def test_batched_judge_gives_the_one_at_a_time_verdicts(tmp_path, tokenizer, chat):
+    """Shared prompt beginnings, the candidate trie and repeated prompts change nothing but the speed."""
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    tokenizer.chat_template = instructions.CHAT_TEMPLATE if chat else None
+    tokenizer.save_pretrained(tmp_path)
+    judge = HfJudge(JudgeSettings(model=str(tmp_path)), batch_size=3)
+    request = instructions.request({"instruction": "Give a synonym for 'happy'.", "input": "", "output": ""})
+    examples = [(request, "Joyful.", answer) for answer in ("Joyful.", "Sad.", "The sun is a star " * 6, "Joyful.", "Glad.")]
+    examples += [(instructions.request({"instruction": "Add 2 and 3.", "input": "", "output": ""}), "5", "Five, since 2 + 3 = 5.")]
+    batched = judge.judge_many(examples)
+    for example, many in zip(examples, batched):
+        one = judge(*example)
+        assert many.score == pytest.approx(one.score, abs=1e-4)
+        assert many.detail["mass_on_scores"] == pytest.approx(one.detail["mass_on_scores"], rel=1e-4)
+        assert many.detail["mode"] == one.detail["mode"]
+
+
+def test_candidate_trie_feeds_each_digit_prefix_once():
+    candidates = [[int(d) for d in str(score)] + [10] for score in SCORES]  # digits are tokens 0-9, EOS is 10
+    tree = trie(candidates)
+    assert len(tree.tokens) == 10 + 90 + 1  # "0".."9", "10".."99", "100"
+    four_two = next(i for i, (t, d) in enumerate(zip(tree.tokens, tree.depths)) if t == 2 and d == 2 and tree.sees[i].sum() == 2
+                    and tree.tokens[tree.sees[i].nonzero()[0, 0]] == 4)
+    assert tree.steps[42][tree.steps_real[42]].tolist() == [0, int(tree.sees[four_two].nonzero()[0, 0]) + 1, four_two + 1]
+
+
 def test_hf_judge_keeps_the_end_of_a_prompt_too_long_for_its_context(tmp_path):
     judge = HfJudge(JudgeSettings(model=str(judge_that_says("50", tmp_path, n_positions=64))))
     result = judge("word " * 200, "reference", "response")
@@ -119,10 +152,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """`transformers serve` on 127.0.0.1 with two judges the test built: one answers 42, one "great"."""
+def served(tmp_path_factory, packaged_judge):
+    """`transformers serve` on 127.0.0.1 with two judges the test built (one answers 42, one "great") and the
+    pipeline's real judge, SmolLM2-135M-Instruct."""
     folder = tmp_path_factory.mktemp("served")
     judges = {word: str(judge_that_says(word, folder / word)) for word in ("42", "great")}
+    judges["smollm2"] = str(packaged_judge)
     port = free_port()
     command = [str(Path(sys.executable).with_name("transformers")), "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env={**os.environ, "HF_HOME": str(folder / "hf")})
@@ -166,6 +201,22 @@ def test_openai_judge_keeps_and_counts_answers_that_are_not_integers(served):
     assert [d["answer"] for d in judged["details"]] == ["great", "great"]
     longer = openai_judge(base_url, judges["42"], max_tokens=3)  # "42 42 42": not an integer alone
     assert longer["unscored"] == 2
+
+
+def test_openai_judge_with_a_real_instruct_model_counts_the_answers_it_cannot_parse(served):
+    """The book's failure mode with Ollama: a free-text answer that is not an integer 0-100. Kept and counted."""
+    base_url, judges = served
+    entries = json.loads((REPO / "data" / "instruction-data.json").read_text())[:6]
+    judged = evaluate_modules.load("judge").compute(
+        predictions=[instructions.reference(e) for e in entries], references=[instructions.reference(e) for e in entries],
+        requests=[instructions.request(e) for e in entries], backend="openai", base_url=base_url, model=judges["smollm2"],
+        max_retries=0, max_tokens=8,
+    )
+    assert len(judged["scores"]) == 6 and len(judged["details"]) == 6
+    parsed = sum(score is not None for score in judged["scores"])
+    assert judged["unscored"] == 6 - parsed
+    print(f"\nSmolLM2-135M-Instruct through transformers serve: {parsed}/6 answers parse as an integer 0-100: "
+          f"{[d['answer'] for d in judged['details']]}")
 
 
 def test_openai_judge_names_the_endpoint_when_it_errors(served):

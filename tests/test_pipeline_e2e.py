@@ -20,7 +20,8 @@ from llmpipe.data.packing import count_blocks
 from llmpipe.data.spam import LABELS, SpamSplit, balanced_splits, read_messages
 from tests.conftest import BIN, run_cli, sh
 
-STAGES = ["tokenizer", "corpus", "pretrain", "classify", "sft", "lora", "evaluate"]
+STAGES = ["tokenizer", "corpus", "pretrain", "classify", "sft", "lora", "judge-model", "evaluate"]
+EVALUATED = ["sft", "lora", "pretrain"]  # each model's judged answers: an MLflow GenAI evaluation run nested in evaluate's
 
 
 def mlflow_runs(repo: Path) -> list:
@@ -86,6 +87,10 @@ def test_evaluate_judges_every_test_example_of_every_model(repo):
     assert evaluate.data.metrics["sft.judge_mean"] == pytest.approx(metrics["sft"]["judge_mean"])
     logged = [a.path for a in client.list_artifacts(evaluate.info.run_id, "evaluate")]
     assert {"evaluate/sft.json", "evaluate/lora.json", "evaluate/pretrain.json", "evaluate/scores.png"} <= set(logged)
+    evaluations = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == evaluate.info.run_id]
+    assert sorted(r.info.run_name for r in evaluations) == sorted(f"evaluate: {m}" for m in EVALUATED)
+    assert all(r.data.metrics["judge_score/mean"] == pytest.approx(metrics[r.data.tags["llmpipe.model"]]["judge_mean"]) for r in evaluations)
+    assert 0 <= metrics["validity"]["auc"] <= 1 and metrics["validity"]["pairs"] == 6
 
 
 def test_classifier_labels_texts_from_the_cli(repo):
@@ -201,7 +206,7 @@ def test_second_repro_does_nothing(repo):
     for stage in STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in result.stdout
     _, runs = mlflow_runs(repo)
-    assert len(runs) == 1 + len(STAGES)
+    assert len(runs) == 1 + len(STAGES) + len(EVALUATED)
 
 
 def test_exp_run_with_a_recipe_value_reruns_that_stage_and_what_depends_on_it(own_repo):

@@ -222,6 +222,10 @@ def model_card(
         rows = [(f"{r.metric_name} ({r.dataset_name}, {r.dataset_split})", r.metric_value) for r in results]
         judged = [r.metric_config for r in results if r.metric_config]
         note = f"\n\nJudged by {judged[0]}." if judged else ""
+        if judged and (trust := (evaluation or {}).get("judge_validity")):
+            note += (f" How far to trust it: scoring each test reference against a mismatched one, AUC {trust['auc']}, "
+                     f"paired win rate {trust['win_rate']:.0%} ({trust['pairs']} pairs; 0.5 is chance); "
+                     f"length bias (Spearman, score vs words) {trust['length_bias']}.")
         sections.append("## Evaluation\n\n" + _table(("Metric", "Value"), rows) + note)
     sources = []
     if not (facts.artifact == "tokenizer" and facts.base_model):  # a copied tokenizer was trained on nothing here
@@ -233,6 +237,23 @@ def model_card(
         rows = [(f"`{key}`", value) for key, value in sorted(facts.settings.items())]
         sections.append(f"## Training settings (recipe `{facts.recipe}`)\n\n" + _table(("Setting", "Value"), rows))
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
+
+
+def judge_card(origin: str, how: str, license: str, folder: str) -> ModelCard:
+    """The card of the judge the `judge-model` stage writes; `origin` (in the metadata too) is what the
+    evaluate stage names as its judge."""
+    data = ModelCardData(
+        model_name=Path(folder).name, license=license, library_name="transformers", pipeline_tag="text-generation",
+        base_model=origin if re.fullmatch(r"[\w.-]+/[\w.-]+", origin) and not Path(origin).exists() else None,
+        tags=["llmpipe", "judge"], origin=origin,
+    )
+    text = (
+        f"# {Path(folder).name}\n\nThe judge of llmpipe's `evaluate` stage (book ch7.8), written by the `judge-model` stage: "
+        f"{origin}, {how}, saved as float32 safetensors with its tokenizer and chat template.\n\n"
+        f"## License\n\n{license}: the license of {origin}.\n\n"
+        f"## Usage\n\n```python\n{usage('sft', folder, 'chat')}```\n"
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}")
 
 
 def write(folder: str | Path, card: ModelCard) -> None:

@@ -44,7 +44,8 @@ def evaluation_of(folder: Path, evaluate_metrics: Path) -> dict | None:
     digest = artifacts.weights_digest(folder)
     for entry in scores.values():
         if isinstance(entry, dict) and digest and entry.get("weights_sha256") == digest:
-            return {**entry, "judge": scores.get("judge"), "judge_model": scores.get("judge_model")}
+            return {**entry, "judge": scores.get("judge"), "judge_model": scores.get("judge_model"),
+                    "judge_validity": scores.get("validity")}
     return None
 
 

@@ -2,18 +2,29 @@
 it finds each allowed answer ("0" ... "100", each followed by EOS) and report the expectation
 (G-Eval style): always a number, with the distribution's confidence beside it."""
 
+from pathlib import Path
+
 import torch
-from transformers import PreTrainedModel
+from huggingface_hub import ModelCard
+from tqdm.auto import tqdm
 
 from llmpipe import artifacts
 from llmpipe.data import instructions
-from llmpipe.judge import base
+from llmpipe.errors import UserError
+from llmpipe.judge import base, scoring
 
 
 class HfJudge:
-    def __init__(self, settings: base.JudgeSettings, device: str = "cpu"):
+    def __init__(self, settings: base.JudgeSettings, device: str = "cpu", batch_size: int = 8):
         self.identity = f"hf:{settings.model}"
+        self.description = describe(settings.model)
+        self.batch_size = batch_size
         self.tokenizer = artifacts.load_tokenizer(settings.model)
+        if settings.prompt_format == "chat" and not self.tokenizer.chat_template:
+            raise UserError(
+                f"judge.model {settings.model}: its tokenizer has no chat template, but `judge.prompt_format` is chat; "
+                "use an instruct model that has one, or set `judge.prompt_format: auto` (or alpaca)"
+            )
         self.model = artifacts.load_causal_lm(settings.model).to(device).eval()
         artifacts.check_vocabulary(self.model, self.tokenizer, settings.model)
         self.chat = settings.prompt_format == "chat" or (
@@ -23,23 +34,49 @@ class HfJudge:
             self.tokenizer(str(score), add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
             for score in base.SCORES
         ]
+        self.trie = scoring.trie(self.candidates)
 
-    def prompt_ids(self, request: str, reference: str, response: str) -> list[int]:
+    def prompt_ids(self, request: str, reference: str, response: str) -> tuple[tuple[int, ...], int]:
+        """The prompt's tokens and how many were dropped from its start: a prompt longer than the judge's
+        context keeps its end (the response and the question)."""
         text = base.prompt(request, reference, response)
         if self.chat:
             templated = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
             )
-            return self.tokenizer(templated, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(instructions.alpaca_prompt({"instruction": text}))["input_ids"]
-
-    def __call__(self, request: str, reference: str, response: str) -> base.Verdict:
-        ids = self.prompt_ids(request, reference, response)
-        # A prompt longer than the judge's context keeps its end: the response and the question.
+            ids = self.tokenizer(templated, add_special_tokens=False)["input_ids"]
+        else:
+            ids = self.tokenizer(instructions.alpaca_prompt({"instruction": text}))["input_ids"]
         room = artifacts.context_length(self.model) - max(len(c) for c in self.candidates)
         dropped = max(0, len(ids) - room)
-        log_probs = candidate_log_probs(self.model, ids[dropped:], self.candidates)
-        return verdict(log_probs, dropped)
+        return tuple(ids[dropped:]), dropped
+
+    def __call__(self, request: str, reference: str, response: str) -> base.Verdict:
+        ids, dropped = self.prompt_ids(request, reference, response)
+        return verdict(scoring.candidate_log_probs(self.model, list(ids), self.candidates), dropped)
+
+    def judge_many(self, examples: list[tuple[str, str, str]]) -> list[base.Verdict]:
+        """The verdicts of `(request, reference, response)` examples, each as `self(*example)` gives it, faster:
+        a prompt that repeats is scored once, and the answers to one request and reference (every model's, the
+        validity checks') are scored together on their shared beginning, `batch_size` at a time."""
+        prompts = [self.prompt_ids(*example) for example in examples]
+        groups: dict[tuple[str, str], dict[tuple[int, ...], None]] = {}
+        for (request, reference, _), (ids, _) in zip(examples, prompts):
+            groups.setdefault((request, reference), {})[ids] = None
+        log_probs = {}
+        for group in tqdm(groups.values(), desc=f"judging ({self.identity})", unit="example"):
+            unique = [ids for ids in group if ids not in log_probs]
+            for start in range(0, len(unique), self.batch_size):
+                chunk = unique[start : start + self.batch_size]
+                log_probs |= zip(chunk, scoring.batched_candidate_log_probs(self.model, chunk, self.trie))
+        return [verdict(log_probs[ids], dropped) for ids, dropped in prompts]
+
+
+def describe(source: str) -> str:
+    """What the judge is: the origin its folder's model card names (the judge-model stage writes one), else its source."""
+    card = Path(source) / "README.md"
+    origin = ModelCard.load(card).data.to_dict().get("origin") if card.is_file() else None
+    return f"{origin} ({source})" if origin else source
 
 
 def verdict(log_probs: torch.Tensor, dropped_tokens: int = 0) -> base.Verdict:
@@ -49,7 +86,7 @@ def verdict(log_probs: torch.Tensor, dropped_tokens: int = 0) -> base.Verdict:
     expected = float((probs * scores).sum())
     mode = int(probs.argmax())
     return base.Verdict(
-        score=round(expected, 3),
+        score=expected,
         detail={
             "mode": base.SCORES[mode],
             "p_mode": round(float(probs[mode]), 4),
@@ -59,24 +96,3 @@ def verdict(log_probs: torch.Tensor, dropped_tokens: int = 0) -> base.Verdict:
             "prompt_tokens_dropped": dropped_tokens,
         },
     )
-
-
-@torch.inference_mode()
-def candidate_log_probs(model: PreTrainedModel, prompt_ids: list[int], candidates: list[list[int]]) -> torch.Tensor:
-    """log P(candidate | prompt) for every candidate: one forward pass over the prompt, then all
-    candidates at once on copies of its KV cache (right-padded; padding is masked and not counted)."""
-    device = model.device
-    prompt = model(torch.tensor([prompt_ids], device=device), use_cache=True)
-    first = torch.log_softmax(prompt.logits[0, -1].float(), dim=-1)
-    cache = prompt.past_key_values
-    cache.batch_repeat_interleave(len(candidates))
-
-    width = max(len(c) for c in candidates)
-    tokens = torch.tensor([c + [0] * (width - len(c)) for c in candidates], device=device)
-    real = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in candidates], device=device)
-    mask = torch.cat([torch.ones(len(candidates), len(prompt_ids), dtype=real.dtype, device=device), real], dim=1)
-    # Candidate token t is predicted by the logits after token t-1 (the first by the prompt's last).
-    rest = torch.log_softmax(model(tokens[:, :-1], attention_mask=mask[:, :-1], past_key_values=cache).logits.float(), -1)
-    following = rest.gather(-1, tokens[:, 1:, None])[..., 0] * real[:, 1:]
-    return first[tokens[:, 0]] + following.sum(dim=1)
-

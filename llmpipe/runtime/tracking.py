@@ -6,6 +6,7 @@ nests under it with the `mlflow.parentRunId` tag. Only rank 0 of a multi-process
 Training metrics by step come from Trainer's own MLflow callback, which logs into the run started here.
 """
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -19,6 +20,9 @@ from llmpipe.params import MlflowParams
 from llmpipe.runtime import redact
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# mlflow.genai.evaluate scores in 10 threads by default; against the SQLite store on a busy machine they exhaust
+# SQLAlchemy's connection pool and traces are dropped (measured on 2 cores). The scores are computed already.
+os.environ.setdefault("MLFLOW_GENAI_EVAL_MAX_WORKERS", "2")
 
 PIPELINE_TAG = "llmpipe.pipeline_id"
 
@@ -217,3 +221,32 @@ class StageRun:
     def log_table(self, columns: dict[str, list], artifact_file: str) -> None:
         if self._mlflow:
             self._mlflow.log_table(data=columns, artifact_file=artifact_file)
+
+    def log_evaluation(self, name: str, rows: list[dict], judge: str) -> None:
+        """One model's judged answers as an MLflow GenAI evaluation, in a run `evaluate: <name>` nested in the
+        stage's: per example the instruction, the answer, the reference and the judge's score with its
+        detail (the run's Evaluations tab; runs compare there). The scores are the judge's, computed
+        already: the scorer only hands each one over."""
+        if not self._mlflow:
+            return
+        import mlflow.genai
+        from mlflow.entities import Feedback
+
+        def key(inputs: dict, outputs: str) -> str:
+            return json.dumps([inputs, outputs], sort_keys=True)
+
+        data = [
+            {"inputs": {"instruction": row["instruction"], "input": row["input"]}, "outputs": row["response"],
+             "expectations": {"expected_response": row["reference"]}}
+            for row in rows
+        ]
+        verdicts = {key(item["inputs"], item["outputs"]): row for item, row in zip(data, rows)}
+
+        @mlflow.genai.scorer(name="judge_score", description=f"0-100, the book's protocol; judge: {judge}")
+        def judge_score(inputs: dict, outputs: str) -> Feedback:
+            row = verdicts[key(inputs, outputs)]
+            return Feedback(value=row["judge_score"], rationale=json.dumps(row["judge_detail"]),
+                            error=None if row["judge_score"] is not None else "the judge's answer is not a score")
+
+        with self._mlflow.start_run(run_name=f"evaluate: {name}", nested=True, tags={"llmpipe.model": name, "llmpipe.judge": judge}):
+            mlflow.genai.evaluate(data=data, scorers=[judge_score])

