@@ -107,6 +107,11 @@ def _reject_unknown(data: dict, valid: typing.Iterable[str], source: str, prefix
             raise UserError(f"{source}: unknown key `{prefix}{name}`{hint}")
 
 
+def check_library_section(cls: type, data: Any, source: str, key: str) -> dict:
+    """A section whose class is known only once a model is at hand (e.g. the base model's config class)."""
+    return _check_library_kwargs(cls, data, source, key + ".")
+
+
 def _check_library_kwargs(cls: type, data: Any, source: str, prefix: str) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{source}: `{prefix[:-1]}` must be a mapping of {cls.__name__} arguments")

@@ -9,7 +9,7 @@ from llmpipe import adapters
 
 def test_merged_model_equals_base_plus_adapter(tiny_model, tokenizer, tmp_path):
     tiny_model.save_pretrained(tmp_path / "base")
-    peft_model = get_peft_model(copy.deepcopy(tiny_model), adapters.lora_config({"r": 4}, TaskType.CAUSAL_LM))
+    peft_model = get_peft_model(copy.deepcopy(tiny_model), adapters.lora_config({"r": 4}, TaskType.CAUSAL_LM, tiny_model))
     torch.manual_seed(0)
     for name, weight in peft_model.named_parameters():
         if "lora_B" in name:  # B starts at zero; give the adapter an effect to check
@@ -30,6 +30,6 @@ def test_merged_model_equals_base_plus_adapter(tiny_model, tokenizer, tmp_path):
 
 
 def test_default_targets_every_linear_layer_of_gpt2(tiny_model):
-    peft_model = get_peft_model(copy.deepcopy(tiny_model), adapters.lora_config({}, TaskType.CAUSAL_LM))
+    peft_model = get_peft_model(copy.deepcopy(tiny_model), adapters.lora_config({}, TaskType.CAUSAL_LM, tiny_model))
     adapted = {name.split(".")[-1] for name, module in peft_model.named_modules() if hasattr(module, "lora_A")}
     assert adapted == {"c_attn", "c_proj", "c_fc"}

@@ -19,6 +19,7 @@ def test_batch_labels_keep_the_end_of_text_token(tokenizer):
         (PretrainRecipe(model={"n_embd": 100, "n_head": 3}), r"`model.n_embd` \(100\) must be divisible by `model.n_head` \(3\)"),
         (PretrainRecipe(model={"eos_token_id": 3}), "`model.eos_token_id` is set by llmpipe from the tokenizer"),
         (PretrainRecipe(init_from="gpt2", model={"n_layer": 2}), "`model` must be empty with `init_from`"),
+        (PretrainRecipe(score_only=True), "`score_only: true` scores pretrained weights: set `init_from`"),
     ],
 )
 def test_recipe_mistakes_are_named(recipe, culprit, tmp_path):
@@ -74,3 +75,25 @@ def test_init_from_with_another_tokenizer_is_refused(tiny_model, tokenizer, verd
     other = train_bpe(verdict_texts, TokenizerRecipe(trainer={"vocab_size": 300, "show_progress": False}))
     with pytest.raises(UserError, match="vocabulary is not .*; set the same `init_from"):
         build_model(PretrainRecipe(init_from=str(tmp_path)), other, 32, tmp_path)
+
+
+def test_score_only_scores_a_local_folder_as_it_is_and_saves_the_same_weights(inside, tmp_path):
+    """Book ch5.5: the weights of a folder (here the pretrain stage's own) loaded and scored, not trained:
+    its validation loss is the one the training run reported, and the weights come out unchanged."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from llmpipe import cli
+
+    trained = json.loads((inside / "metrics/pretrain.json").read_text())
+    out = tmp_path / "scored"
+    code = cli.main(["pretrain", "--set", "init_from=artifacts/pretrain", "--set", "score_only=true", "--set", "model={}",
+                     "--output", str(out), "--metrics", str(tmp_path / "m.json"), "--plots", str(tmp_path / "p.csv"),
+                     "--checkpoints", str(tmp_path / "checkpoints")])
+    assert code == 0
+    scored = json.loads((tmp_path / "m.json").read_text())
+    assert scored["steps"] == 0 and scored["val_loss"] == pytest.approx(trained["val_loss"], abs=1e-3)
+    assert scored["initial_val_loss"] == scored["val_loss"]
+    before, after = load_file(inside / "artifacts/pretrain/model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(before[name], after[name]) for name in before)

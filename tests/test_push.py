@@ -39,7 +39,7 @@ def workdir(tmp_path, monkeypatch, tiny_model, tokenizer):
     tokenizer.save_pretrained(pretrain)
     (pretrain / "training_args.bin").write_bytes(b"a pickle")
     base = AutoModelForCausalLM.from_pretrained("artifacts/pretrain")
-    lora = get_peft_model(base, adapters.lora_config({"r": 2, "target_modules": ["c_attn"]}, TaskType.CAUSAL_LM))
+    lora = get_peft_model(base, adapters.lora_config({"r": 2, "target_modules": ["c_attn"]}, TaskType.CAUSAL_LM, base))
     adapters.save_adapter_and_merged(lora, tokenizer, tmp_path / "artifacts/lora/adapter", tmp_path / "artifacts/lora/merged")
     made = dict(recipe="tiny", settings={"training.learning_rate": 0.003}, data=["data/text/tinyshakespeare.txt"], hub_data=[])
     for folder, artifact, base_model in (("pretrain", "pretrain", None), ("lora/adapter", "lora", "artifacts/pretrain")):

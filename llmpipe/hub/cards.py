@@ -173,8 +173,10 @@ def title(facts: CardFacts) -> str:
     """What the artifact is; one that started from other weights (`init_from`) says so."""
     if facts.base_model and facts.artifact == "tokenizer":
         return f"the tokenizer of {facts.base_model}, taken as is (book ch2)"
+    if facts.base_model and facts.artifact == "pretrain" and not facts.metrics.get("steps"):
+        return f"the weights of {facts.base_model}, taken as they are and scored (book ch5.5)"
     if facts.base_model and facts.artifact == "pretrain":
-        return f"GPT-2 continued from the weights of {facts.base_model} (book ch5.5, appendix D)"
+        return f"a causal LM continued from the weights of {facts.base_model} (book ch5.5, appendix D)"
     return KINDS[facts.artifact].title
 
 

@@ -1,6 +1,7 @@
-"""Stage `classify` (book ch6, appendix E): spam classification with `GPT2ForSequenceClassification`
-(the last token's logits) on the pretrained model, trained by `Trainer`; what trains is a recipe choice.
-A TF-IDF + logistic-regression baseline is scored on the same split."""
+"""Stage `classify` (book ch6, appendix E): spam classification with `AutoModelForSequenceClassification`
+(the last token's logits) on the pretrained model, any decoder-only architecture transformers knows (GPT-2,
+Llama, ...), trained by `Trainer`; what trains is a recipe choice. A TF-IDF + logistic-regression
+baseline is scored on the same split."""
 
 import argparse
 from dataclasses import dataclass, field
@@ -10,19 +11,18 @@ from typing import Literal
 import numpy as np
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     DataCollatorWithPadding,
-    GPT2Config,
     PreTrainedModel,
     Trainer,
     TrainingArguments,
     set_seed,
 )
 
-from llmpipe import adapters, artifacts
+from llmpipe import adapters, artifacts, config
 from llmpipe.config import library_section
 from llmpipe.data import spam
-from llmpipe.errors import UserError
 from llmpipe.hub import cards
 from llmpipe.metrics import baseline
 from llmpipe.metrics.scores import classification_scores
@@ -33,10 +33,10 @@ from llmpipe.stages import base
 @dataclass
 class ClassifyRecipe:
     init_from: str | None = None  # Hub id or folder (e.g. gpt2); default: the pretrain stage's model (--base)
-    trainable: Literal["last_block", "all", "lora"] = "last_block"  # last_block: head + last block + final LayerNorm
+    trainable: Literal["last_block", "all", "lora"] = "last_block"  # last_block: head + last block + final norm
     split: spam.SpamSplit = field(default_factory=spam.SpamSplit)
     max_length: int | None = None  # tokens kept per message; default: the model's context
-    model: dict = library_section(GPT2Config)  # config values to change on the base, e.g. dropout (resid_pdrop, ...)
+    model: dict = field(default_factory=dict)  # the base model's config values to change (its own config class's arguments)
     lora: dict = library_section(LoraConfig)  # with trainable: lora
     training: dict = library_section(TrainingArguments)
 
@@ -50,15 +50,22 @@ def load_classifier(source: str, config_changes: dict) -> PreTrainedModel:
     )
 
 
+def config_changes(recipe: ClassifyRecipe, source: str, recipe_path) -> dict:
+    """The recipe's `model` section, checked against the base model's own config class (GPT2Config,
+    LlamaConfig, ...) before anything loads its weights."""
+    if not recipe.model:
+        return {}
+    base_config = artifacts.load_pretrained(AutoConfig.from_pretrained, source, "model")
+    return config.check_library_section(type(base_config), recipe.model, str(recipe_path), "model")
+
+
 def select_trainable(model: PreTrainedModel, trainable: str, lora: dict) -> PreTrainedModel:
-    """`last_block` freezes all but the head, the last transformer block and the final LayerNorm."""
+    """`last_block` freezes all but the head, the last decoder block and the final norm."""
     if trainable == "lora":
-        return get_peft_model(model, adapters.lora_config(lora, TaskType.SEQ_CLS))
+        return get_peft_model(model, adapters.lora_config(lora, TaskType.SEQ_CLS, model))
     if trainable == "last_block":
-        if not hasattr(model, "transformer"):
-            raise UserError(f"`trainable: last_block` knows GPT-2's layout, not {type(model).__name__}'s; use all or lora")
         model.requires_grad_(False)
-        for part in (model.score, model.transformer.h[-1], model.transformer.ln_f):
+        for part in (model.score, *adapters.last_block_and_final_norm(model)):
             part.requires_grad_(True)
     return model
 
@@ -80,13 +87,14 @@ def main(args: argparse.Namespace) -> None:
     )
     splits = spam.balanced_splits(spam.read_messages(job.params.classify_data), recipe.split, job.recipe_path)
     source = recipe.init_from or args.base
+    changes = config_changes(recipe, source, job.recipe_path)
     tokenizer = artifacts.load_tokenizer(source)
 
     with job.tracker:
         job.log_config()
         training = base.training_arguments(TrainingArguments, recipe.training, args.checkpoints, job)
         set_seed(training.seed)
-        model = load_classifier(source, recipe.model)
+        model = load_classifier(source, changes)
         artifacts.check_vocabulary(model, tokenizer, source)
         model.config.pad_token_id = tokenizer.pad_token_id
         max_length = recipe.max_length or artifacts.context_length(model)

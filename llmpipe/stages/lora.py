@@ -19,8 +19,8 @@ class LoraRecipe(tuning.SftRecipe):
     lora: dict = library_section(LoraConfig)  # peft LoraConfig arguments: r, lora_alpha, lora_dropout, target_modules, ...
 
 
-def lora_config(recipe: LoraRecipe) -> LoraConfig:
-    return adapters.lora_config(recipe.lora, TaskType.CAUSAL_LM)
+def lora_config(recipe: LoraRecipe, model) -> LoraConfig:
+    return adapters.lora_config(recipe.lora, TaskType.CAUSAL_LM, model)
 
 
 def save(trainer, tokenizer, folder: Path, card_for: Callable) -> tuple[str, object, bool]:

@@ -1,6 +1,7 @@
 """Stage `pretrain` (book ch4-5, appendix D): GPT-2 from `GPT2Config` (or `init_from` weights), trained by
 `Trainer` under `accelerate launch`: AdamW, warmup then cosine decay, gradient clipping, periodic
-evaluation of train and validation loss, checkpoints, a fixed seed."""
+evaluation of train and validation loss, checkpoints, a fixed seed. With `score_only` (book ch5.5), the
+`init_from` weights are loaded as they are and only scored on the corpus."""
 
 import argparse
 import csv
@@ -26,6 +27,7 @@ SET_FROM_TOKENIZER = ("bos_token_id", "eos_token_id", "pad_token_id")
 @dataclass
 class PretrainRecipe:
     init_from: str | None = None  # Hub id or folder (e.g. gpt2): continue from those weights; `model` must be empty
+    score_only: bool = False  # book ch5.5: score the init_from weights as they are (loss, perplexity, a sample), no training
     model: dict = library_section(GPT2Config)
     # rows added to the embedding (never a token) so the vocabulary is a multiple of this: tensor-core
     # friendly shapes for the output layer (nanoGPT and llm.c pad GPT-2's 50,257 to 50,304 with 64)
@@ -38,6 +40,8 @@ class PretrainRecipe:
 
 def check_recipe(recipe: PretrainRecipe, source: Path) -> None:
     base.reject_owned(recipe.model, SET_FROM_TOKENIZER, f"{source}: `model", "the tokenizer")
+    if recipe.score_only and not recipe.init_from:
+        raise UserError(f"{source}: `score_only: true` scores pretrained weights: set `init_from` (a Hub id or a model folder)")
     if recipe.init_from and recipe.model:
         raise UserError(f"{source}: `model` must be empty with `init_from` (the architecture comes from {recipe.init_from})")
     n_embd, n_head = recipe.model.get("n_embd", 768), recipe.model.get("n_head", 12)
@@ -124,8 +128,9 @@ def main(args: argparse.Namespace) -> None:
             data_collator=packing.causal_lm_batch,
         )
         throughput.add_to(trainer, timer := throughput.Throughput(sequence_length=context_length))
-        base.train(trainer, args, checkpoints.run_identity(recipe, model, [f["filename"] for f in corpus["train"].cache_files]))
-        final = trainer.evaluate()
+        if not recipe.score_only:
+            base.train(trainer, args, checkpoints.run_identity(recipe, model, [f["filename"] for f in corpus["train"].cache_files]))
+        final = trainer.evaluate()  # with score_only, at step 0: the initial losses too
         initial = base.initial_losses(trainer.state.log_history)
         metrics = {}
         if trainer.is_world_process_zero():  # rank 0 reports (the other ranks would measure the CPU peak against it)
@@ -135,7 +140,7 @@ def main(args: argparse.Namespace) -> None:
                 "parameters": model.num_parameters(),
                 "steps": trainer.state.global_step,
                 "train_tokens": trainer.state.num_input_tokens_seen,
-                **timer.summary(trainer),
+                **({} if recipe.score_only else timer.summary(trainer)),
             }
         with base.output_folder(args.output, trainer) as staging:
             trainer.save_model(str(staging))
@@ -153,10 +158,13 @@ def main(args: argparse.Namespace) -> None:
         job.tracker.log_text(f"{recipe.sample_prompt}{sample}\n", "sample.txt")
         job.tracker.log_artifact(args.plots, "plots")
         job.tracker.register_model(args.output, "text-generation", card)
+        trained = "scored as it is" if recipe.score_only else (
+            f"val loss {metrics['initial_val_loss']:.3f} -> {metrics['val_loss']:.3f}, "
+            f"{metrics['tokens_per_second']:.0f} tokens/s{throughput.mfu_text(metrics)}"
+        )
         job.finish(
             metrics,
-            f"{metrics['parameters'] / 1e6:.2f}M-parameter GPT-2 -> {Path(args.output)}: val loss "
-            f"{metrics['initial_val_loss']:.3f} -> {metrics['val_loss']:.3f} (perplexity {metrics['val_perplexity']:.1f}), "
-            f"{metrics['tokens_per_second']:.0f} tokens/s{throughput.mfu_text(metrics)}; sample: {sample.strip()[:60]!r}",
+            f"{metrics['parameters'] / 1e6:.2f}M-parameter {model.config.model_type} -> {Path(args.output)}: {trained}, val loss "
+            f"{metrics['val_loss']:.3f} (perplexity {metrics['val_perplexity']:.1f}); sample: {sample.strip()[:60]!r}",
         )
         checkpoints.mark_finished(args.checkpoints)

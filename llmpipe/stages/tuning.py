@@ -55,7 +55,7 @@ def run(
     peft_config: Callable | None = None,
     save: Callable[[SFTTrainer, object, Path, Callable], tuple[str, object, bool]] | None = None,
 ) -> None:
-    """The instruction-tuning flow; `peft_config(recipe)` adds an adapter, `save(trainer, tokenizer, folder,
+    """The instruction-tuning flow; `peft_config(recipe, model)` adds an adapter, `save(trainer, tokenizer, folder,
     card_for)` writes the result with its cards (default: the fine-tuned model) and returns what MLflow
     registers: (subfolder, its card, whether it is an adapter)."""
     job = base.begin(args, name, schema)
@@ -80,7 +80,7 @@ def run(
             train_dataset=data["train"],
             eval_dataset={"train": base.train_probe(data["train"], len(data["validation"])), "validation": data["validation"]},
             processing_class=tokenizer,
-            peft_config=peft_config(recipe) if peft_config else None,
+            peft_config=peft_config(recipe, model) if peft_config else None,
         )
         throughput.add_to(trainer, timer := throughput.Throughput())
         base.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.instruction_data]))
