@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import os
@@ -93,6 +94,7 @@ def test_batched_judge_gives_the_one_at_a_time_verdicts(tmp_path, tokenizer, cha
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=32, n_layer=2, n_head=2,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
     GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    tokenizer = copy.deepcopy(tokenizer)  # the session's tokenizer stays as other tests expect it
     tokenizer.chat_template = instructions.CHAT_TEMPLATE if chat else None
     tokenizer.save_pretrained(tmp_path)
     judge = HfJudge(JudgeSettings(model=str(tmp_path)), batch_size=3)
