@@ -36,6 +36,7 @@ def test_generated_text_has_the_size_asked_for_and_distinct_documents(tmp_path):
     assert len(set(paragraphs)) > 0.95 * len(paragraphs)
 
 
+@pytest.mark.slow
 def test_data_bench_trains_both_tokenizers_and_runs_the_real_corpus_stage(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = {"context_length": 64, "stride": 64, "num_proc": 1, "batch_size": 100, "shard_size": "100KB"}

@@ -6,9 +6,8 @@ from peft import PeftModel
 from transformers import pipeline
 
 from llmpipe import cli, config
-from llmpipe.data.spam import LABELS, balanced_splits, read_messages
-
 from llmpipe.artifacts import parameter_counts
+from llmpipe.data.spam import LABELS, balanced_splits, read_messages
 from llmpipe.stages.classify import ClassifyRecipe, select_trainable
 from tests.conftest import run_cli
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 from transformers import PreTrainedTokenizerFast
 
@@ -24,6 +25,7 @@ def old_output(folder):
     return folder
 
 
+@pytest.mark.slow
 def test_sigint_during_training_keeps_the_old_output_and_the_next_run_resumes(workspace, tmp_path):
     out, ck = old_output(tmp_path / "pretrain"), tmp_path / "checkpoints"
     argv = [sys.executable, "-m", "llmpipe", "pretrain", "--output", str(out), "--checkpoints", str(ck),
@@ -115,6 +117,7 @@ def test_a_server_that_is_not_mlflow_is_named(workspace, tmp_path):
     assert f"MLflow tracking server {uri} does not answer (HTTP 404 at /health: is it an MLflow server?)" in result.stderr
 
 
+@pytest.mark.slow
 def test_unreachable_local_logs_to_the_local_store_instead(workspace, tmp_path):
     argv = [sys.executable, "-m", "llmpipe", "tokenizer", "--params", tracking_to(workspace, tmp_path, dead_server(), "local"),
             "--output", str(tmp_path / "tokenizer"), "--metrics", str(tmp_path / "m.json")]

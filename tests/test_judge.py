@@ -187,6 +187,7 @@ def openai_judge(base_url: str, model: str, **settings) -> dict:
     )
 
 
+@pytest.mark.slow
 def test_openai_judge_reads_the_integer_the_endpoint_answers(served):
     base_url, judges = served
     judged = openai_judge(base_url, judges["42"], max_tokens=1)
@@ -195,6 +196,7 @@ def test_openai_judge_reads_the_integer_the_endpoint_answers(served):
     assert judged["judge"] == f"openai:{judges['42']}@{base_url}/"
 
 
+@pytest.mark.slow
 def test_openai_judge_keeps_and_counts_answers_that_are_not_integers(served):
     base_url, judges = served
     judged = openai_judge(base_url, judges["great"], max_tokens=1)
@@ -205,6 +207,7 @@ def test_openai_judge_keeps_and_counts_answers_that_are_not_integers(served):
     assert longer["unscored"] == 2
 
 
+@pytest.mark.slow
 def test_openai_judge_with_a_real_instruct_model_counts_the_answers_it_cannot_parse(served):
     """The book's failure mode with Ollama: a free-text answer that is not an integer 0-100. Kept and counted."""
     base_url, judges = served
@@ -221,6 +224,7 @@ def test_openai_judge_with_a_real_instruct_model_counts_the_answers_it_cannot_pa
           f"{[d['answer'] for d in judged['details']]}")
 
 
+@pytest.mark.slow
 def test_openai_judge_names_the_endpoint_when_it_errors(served):
     base_url, _ = served
     with pytest.raises(UserError, match=r"answered HTTP 500 for model `no/such-model`"):
