@@ -18,10 +18,12 @@ VERDICT = REPO / "data" / "text" / "the-verdict.txt"
 
 
 @pytest.fixture(autouse=True)
-def no_tracking_uri_from_other_tests(monkeypatch):
+def no_tracking_uri_from_other_tests():
     """In-process MLflow (`mlflow.set_tracking_uri`) exports MLFLOW_TRACKING_URI for subprocesses to inherit:
-    each test starts without it and ends without it, whatever ran before."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    each test starts without it and leaves without it, so no later test or fixture logs into its store."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
