@@ -36,8 +36,15 @@ def test_sigint_during_training_keeps_the_old_output_and_the_next_run_resumes(wo
     while not (ck / "checkpoint-15" / "trainer_state.json").is_file():
         assert run.poll() is None and time.monotonic() < deadline, "pretrain ended before its first checkpoint"
         time.sleep(0.01)
-    run.send_signal(signal.SIGINT)
-    _, err = run.communicate(timeout=120)
+    # A SIGINT that lands inside library code catching KeyboardInterrupt can be lost (seen on a quiet machine:
+    # the run then finished its 300 steps): a user presses Ctrl-C again, and so does the test.
+    while True:
+        run.send_signal(signal.SIGINT)
+        try:
+            _, err = run.communicate(timeout=2)
+            break
+        except subprocess.TimeoutExpired:
+            continue
     assert run.returncode == 130 and "interrupted; outputs left as they were" in err and "Traceback" not in err
     assert (out / "config.json").read_text() == '{"old": true}' and not (tmp_path / "m.json").exists()
     assert not staging_leftovers(tmp_path)
