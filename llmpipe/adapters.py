@@ -1,9 +1,21 @@
-"""What fine-tuning trains when it does not train every weight: LoRA adapters (book appendix E) on any
-decoder-only model transformers knows, or the last decoder block and the final norm (book ch6)."""
+"""What fine-tuning trains when it does not train every weight, on any decoder-only model transformers
+knows: PEFT's adapters (LoRA, book appendix E; IA3; prompt and prefix tuning), or a chosen part of the model
+itself (the last decoder block and the final norm, book ch6; the bias terms, BitFit)."""
 
+import inspect
 from pathlib import Path
 
-from peft import LoraConfig, TaskType
+import peft
+import transformers
+from peft import (
+    IA3Config,
+    LoraConfig,
+    PeftConfig,
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+    TaskType,
+)
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
@@ -20,6 +32,44 @@ def lora_config(settings: dict, task_type: TaskType, model: PreTrainedModel) -> 
     if any(isinstance(module, Conv1D) for module in model.modules()):
         defaults["fan_in_fan_out"] = True
     return LoraConfig(task_type=task_type, **{**defaults, **settings})
+
+
+# each PEFT method's config class, and the values a recipe's empty section starts from
+PEFT_METHODS: dict[str, type[PeftConfig]] = {
+    "lora": LoraConfig, "ia3": IA3Config, "prompt_tuning": PromptTuningConfig, "p_tuning": PromptEncoderConfig,
+    "prefix_tuning": PrefixTuningConfig,
+}
+MERGEABLE = ("lora", "ia3")  # saved merged into the base too; the prompt methods stay adapters
+PROMPT_AS_EMBEDDINGS = ("prompt_tuning", "p_tuning")  # the model gets embeddings, not token ids
+PEFT_DEFAULTS = {name: {"num_virtual_tokens": 10} for name in ("prompt_tuning", "p_tuning", "prefix_tuning")}
+
+
+def peft_config(method: str, settings: dict, task_type: TaskType, model: PreTrainedModel) -> PeftConfig:
+    """The recipe's section for a PEFT `method` over its defaults. IA3's target and feed-forward modules
+    default to PEFT's own per architecture; on GPT-2 (Conv1D layers) it needs `fan_in_fan_out` like LoRA."""
+    if method == "lora":
+        return lora_config(settings, task_type, model)
+    if method == "prefix_tuning" and "past_key_values" not in inspect.signature(model.forward).parameters:
+        raise UserError(
+            f"`trainable: prefix_tuning`: PEFT {peft.__version__} hands the prefix to the model as `past_key_values`, "
+            f"which {type(model).__name__} in transformers {transformers.__version__} no longer takes (it is `cache` "
+            "now); use prompt_tuning, p_tuning or ia3 until PEFT follows"
+        )
+    defaults = dict(PEFT_DEFAULTS.get(method, {}))
+    if method == "ia3" and any(isinstance(module, Conv1D) for module in model.modules()):
+        defaults["fan_in_fan_out"] = True
+    return PEFT_METHODS[method](task_type=task_type, **{**defaults, **settings})
+
+
+def bias_terms(model: PreTrainedModel) -> list[nn.Parameter]:
+    """Every bias of the base model (BitFit trains these): of its linear layers and of its norms."""
+    found = [parameter for name, parameter in model.base_model.named_parameters() if name.endswith(".bias")]
+    if not found:
+        raise UserError(
+            f"`trainable: bitfit` needs bias terms, and {type(model.base_model).__name__} has none "
+            "(Llama-style models drop them); use `trainable: ia3` or `lora`, which train as few parameters"
+        )
+    return found
 
 
 def last_block_and_final_norm(model: PreTrainedModel) -> tuple[nn.Module, nn.Module]:

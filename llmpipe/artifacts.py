@@ -113,7 +113,11 @@ def load_for_task(source: str | Path, task: str, adapter_base: str | None = None
     if adapter_base is not None:
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(load_causal_lm(adapter_base), str(source))
+        base = load_model(
+            AutoModelForSequenceClassification, adapter_base, "base model", new_weights=("score.weight",),
+            dropped=("lm_head", "embed_out"),  # the adapter brings its own head
+        ) if task == "text-classification" else load_causal_lm(adapter_base)
+        return PeftModel.from_pretrained(base, str(source))
     if task == "text-classification":
         return load_model(AutoModelForSequenceClassification, source, "classifier")
     return load_causal_lm(source)

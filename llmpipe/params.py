@@ -1,4 +1,4 @@
-"""params.yaml: what DVC tracks across the pipeline (active recipe, accelerate config, data, MLflow)."""
+"""params.yaml: what DVC tracks across the pipeline (active recipe, accelerate config, data, adaptation methods, MLflow)."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +58,8 @@ class Params:
     data: DataParams
     classify_data: str = "data/sms_spam/SMSSpamCollection"  # `ham|spam<TAB>text` lines
     instruction_data: str = "data/instruction-data.json"  # JSON or JSONL: instruction/input/output, or messages
+    # the classify methods the adaptation experiment compares: names in recipes/<recipe>/adaptation.yaml `methods`
+    adaptation: list[str] = field(default_factory=list)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
     hub: HubParams = field(default_factory=HubParams)
 

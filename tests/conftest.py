@@ -80,6 +80,9 @@ def sh(repo: Path, *argv: str, check: bool = True) -> subprocess.CompletedProces
     return result
 
 
+ADAPTED = ["probe", "prompt_tuning"]  # the pipeline test's adaptation experiment: a frozen model's head, a PEFT adapter
+
+
 @pytest.fixture(scope="session")
 def repo(tmp_path_factory) -> Path:
     """The whole pipeline on the `test` recipe, run by `dvc repro` in a copy of the repository (a git repo)."""
@@ -89,6 +92,7 @@ def repo(tmp_path_factory) -> Path:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["recipe"] = "test"
     params["data"]["files"] = ["data/text/the-verdict.txt"]
+    params["adaptation"] = ADAPTED
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for stale in ("metrics", "plots"):
         shutil.rmtree(repo / stale, ignore_errors=True)

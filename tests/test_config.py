@@ -7,8 +7,10 @@ import yaml
 from transformers import TrainingArguments
 
 from llmpipe import cli, config
+from llmpipe.adapters import PEFT_METHODS
 from llmpipe.data.instructions import InstructionTask
 from llmpipe.errors import UserError
+from llmpipe.stages.adaptation import AdaptationRecipe
 from llmpipe.stages.classify import ClassifyRecipe
 from llmpipe.stages.corpus import CorpusRecipe
 from llmpipe.stages.evaluate import EvaluateRecipe
@@ -117,7 +119,7 @@ def test_nested_dataclasses_and_literals_are_checked(tmp_path):
 SCHEMAS = {
     "tokenizer": TokenizerRecipe, "corpus": CorpusRecipe, "pretrain": PretrainRecipe,
     "classify": ClassifyRecipe, "sft": SftRecipe, "lora": LoraRecipe, "evaluate": EvaluateRecipe,
-    "instructions": InstructionTask, "judge-model": JudgeModelRecipe,
+    "instructions": InstructionTask, "judge-model": JudgeModelRecipe, "adaptation": AdaptationRecipe,
 }
 STAGE_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate")
 
@@ -133,6 +135,14 @@ def test_every_shipped_recipe_is_valid_and_builds_its_library_objects(path, tmp_
             if settings.get("bf16") and not torch.cuda.is_available():
                 owned["use_cpu"] = True  # a GPU recipe (bf16) checked on a machine without one
             library(**settings, **owned)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*/adaptation.yaml")), ids=lambda p: p.parent.name)
+def test_every_adaptation_method_makes_a_valid_classify_recipe(path):
+    for name in config.load(AdaptationRecipe, path).methods:
+        recipe = config.load(ClassifyRecipe, path.with_name("classify.yaml"), changes_from=f"{path}:methods.{name}")
+        if recipe.trainable in PEFT_METHODS:
+            PEFT_METHODS[recipe.trainable](**getattr(recipe, recipe.trainable))
 
 
 def test_every_recipe_folder_has_every_stage():

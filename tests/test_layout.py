@@ -72,6 +72,7 @@ def covered(path: Path, deps: list[str]) -> bool:
 @pytest.mark.parametrize("name", list(dvc_stages()))
 def test_every_module_a_stage_runs_is_a_dvc_dep_of_that_stage(name):
     stage = dvc_stages()[name]
+    stage = stage.get("do", stage)  # a foreach stage
     needed = {module_path(module) for module in closure(stage_module(stage)) - DISPATCH}
     needed = {path for path in needed if path.name != "__init__.py"}  # package markers: see the test below
     missing = sorted(str(path.relative_to(REPO)) for path in needed if not covered(path, stage["deps"]))

@@ -73,6 +73,11 @@ def test_classify_trains_a_llama_and_the_classifier_reloads_with_pipeline(chat_r
     assert classifier("WINNER!! Claim your free prize now")[0]["label"] in ("ham", "spam")
 
 
+def test_bitfit_on_a_model_without_biases_is_refused(chat_recipes, llama, tmp_path, capsys):
+    code, _ = run_stage("classify", chat_recipes, llama, tmp_path, "trainable=bitfit")
+    assert_refused(code, capsys.readouterr().err, "bitfit", "LlamaModel has none", "use `trainable: ia3`")
+
+
 def test_a_model_section_is_checked_against_the_base_models_own_config_class(chat_recipes, llama, tmp_path, capsys):
     code, _ = run_stage("classify", chat_recipes, llama, tmp_path, "model.resid_pdrop=0.1")  # a GPT2Config key
     assert_refused(code, capsys.readouterr().err, "classify.yaml", "unknown key `model.resid_pdrop`")

@@ -18,9 +18,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from llmpipe.data.packing import count_blocks
 from llmpipe.data.spam import LABELS, SpamSplit, balanced_splits, read_messages
-from tests.conftest import BIN, run_cli, sh
+from tests.conftest import ADAPTED, BIN, run_cli, sh
 
-STAGES = ["tokenizer", "corpus", "pretrain", "classify", "sft", "lora", "judge-model", "evaluate"]
+STAGES = ["tokenizer", "corpus", "pretrain", "classify", "sft", "lora", "judge-model", "evaluate", "adaptation"]
+ADAPT_STAGES = [f"adapt@{method}" for method in ADAPTED]
+ADAPT_RUNS = [f"classify-{method}" for method in ADAPTED]  # their MLflow runs
 EVALUATED = ["sft", "lora", "pretrain"]  # each model's judged answers: an MLflow GenAI evaluation run nested in evaluate's
 
 
@@ -94,6 +96,18 @@ def test_evaluate_judges_every_test_example_of_every_model(repo):
     assert 0 <= metrics["validity"]["auc"] <= 1 and metrics["validity"]["pairs"] == 6
 
 
+def test_the_adaptation_experiment_tables_each_method_against_the_baseline(repo):
+    table = json.loads((repo / "metrics/adaptation.json").read_text())
+    assert list(table["methods"]) == ADAPTED
+    for method in ADAPTED:
+        run = json.loads((repo / f"metrics/adaptation/{method}.json").read_text())
+        assert table["methods"][method]["test_accuracy"] == run["test_accuracy"]
+        assert table["baseline_test_accuracy"] == run["baseline_test_accuracy"]
+        assert 0 < table["methods"][method]["trainable_fraction"] < 0.01  # the head, or prompts + head
+    assert (repo / "plots/adaptation.png").stat().st_size > 0
+    assert (repo / "artifacts/adaptation/prompt_tuning/adapter_config.json").exists()  # an adapter, loaded by PEFT
+
+
 def test_classifier_labels_texts_from_the_cli(repo):
     result = run_cli("classify-text", "--model", str(repo / "artifacts/classify"), "Free entry! Win cash now", "ok see you")
     assert result.returncode == 0, result.stderr
@@ -126,7 +140,7 @@ def test_mlflow_holds_one_parent_with_a_nested_run_per_stage(repo):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert sorted(r.data.tags["llmpipe.stage"] for r in children) == sorted(STAGES)
+    assert sorted(r.data.tags["llmpipe.stage"] for r in children) == sorted(STAGES + ADAPT_RUNS)
     for run in children:
         assert run.info.status == "FINISHED" and run.data.params and run.data.metrics
         assert run.data.tags["llmpipe.recipe"] == "test"
@@ -204,10 +218,10 @@ def test_push_dry_run_lists_one_commit_with_the_judged_card(repo):
 
 def test_second_repro_does_nothing(repo):
     result = sh(repo, "dvc", "repro")
-    for stage in STAGES:
+    for stage in STAGES + ADAPT_STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in result.stdout
     _, runs = mlflow_runs(repo)
-    assert len(runs) == 1 + len(STAGES) + len(EVALUATED)
+    assert len(runs) == 1 + len(STAGES) + len(ADAPT_RUNS) + len(EVALUATED)
 
 
 def test_exp_run_with_a_recipe_value_reruns_that_stage_and_what_depends_on_it(own_repo):

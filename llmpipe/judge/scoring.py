@@ -5,7 +5,9 @@ numbers with far fewer token positions through the model:
 - prompts about the same example share their beginning (chat preamble, instruction, reference): it runs once;
 - the candidates share their digit prefixes ("4", "42", "42<EOS>"): each proper prefix is fed once, as a
   node of a trie, in the same forward pass as the prompts' remainders, with an attention mask that lets a
-  node see its prompt and its own ancestors only (tree attention).
+  node see its prompt and its own ancestors only (tree attention);
+- the prompts are packed into one sequence rather than padded to the longest (a model's long answer beside
+  four short ones would more than double the work).
 """
 
 from dataclasses import dataclass
@@ -93,42 +95,38 @@ def common_prefix(prompts: list[tuple[int, ...]]) -> int:
 @torch.inference_mode()
 def batched_candidate_log_probs(model: PreTrainedModel, prompts: list[tuple[int, ...]], tree: Trie) -> torch.Tensor:
     """log P(candidate | prompt) for every prompt (rows) and candidate (columns), as `candidate_log_probs` gives
-    one prompt at a time. Two forward passes: the shared beginning, then every prompt's remainder (left-padded,
-    so each remainder ends at the same position) followed by the trie."""
+    one prompt at a time. One forward pass over one packed sequence, no padding: the shared beginning, then
+    each prompt's remainder followed by its own copy of the trie. The attention mask lets a remainder see the
+    shared beginning and itself, a node the same plus its ancestors; positions continue from the shared
+    beginning in every remainder, as if each prompt ran alone."""
     device = model.device
     shared = common_prefix(prompts)
-    cache = None
-    if shared:
-        cache = model(torch.tensor([prompts[0][:shared]], device=device), use_cache=True, logits_to_keep=1).cache
-        cache.batch_repeat_interleave(len(prompts))
-    rests = [p[shared:] for p in prompts]
-    width, nodes = max(len(r) for r in rests), len(tree.tokens)
-    lengths = torch.tensor([len(r) for r in rests])
-    pad = width - lengths  # leading padding of each row
+    nodes = len(tree.tokens)
+    ids, positions, blocks = [torch.tensor(prompts[0][:shared], dtype=torch.long)], [torch.arange(shared)], []
+    at = shared
+    for prompt in prompts:
+        rest = torch.tensor(prompt[shared:], dtype=torch.long)
+        ids += [rest, tree.tokens]
+        positions += [shared + torch.arange(len(rest)), shared + len(rest) + tree.depths - 1]
+        blocks.append((at, len(rest)))
+        at += len(rest) + nodes
 
-    ids = torch.tensor([[0] * (width - len(r)) + list(r) for r in rests])
-    ids = torch.cat([ids, tree.tokens.expand(len(prompts), nodes)], dim=1)
-    columns = torch.arange(width)
-    real = columns[None, :] >= pad[:, None]  # [rows, width]
-    positions = torch.cat([
-        (shared + columns[None, :] - pad[:, None]).clamp(min=shared),
-        shared + lengths[:, None] + tree.depths[None, :] - 1,
-    ], dim=1)
-
-    # keys: the shared beginning | the remainder | the trie; queries: the remainder | the trie
-    causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
-    own = (causal[None] & real[:, None, :]) | torch.eye(width, dtype=torch.bool)  # padding sees itself: no empty row
-    remainder = torch.cat([own, torch.zeros(len(prompts), width, nodes, dtype=torch.bool)], dim=2)
-    branch = torch.cat([real[:, None, :].expand(-1, nodes, -1), tree.sees.expand(len(prompts), -1, -1)], dim=2)
-    allowed = torch.cat([remainder, branch], dim=1)
-    allowed = torch.cat([torch.ones(len(prompts), width + nodes, shared, dtype=torch.bool), allowed], dim=2)
+    allowed = torch.zeros(at, at, dtype=torch.bool)
+    allowed[:shared, :shared] = torch.ones(shared, shared, dtype=torch.bool).tril()
+    keep = []
+    for start, length in blocks:
+        trie_at = start + length
+        allowed[start : trie_at + nodes, :shared] = True
+        allowed[start:trie_at, start:trie_at] = torch.ones(length, length, dtype=torch.bool).tril()
+        allowed[trie_at : trie_at + nodes, start:trie_at] = True
+        allowed[trie_at : trie_at + nodes, trie_at : trie_at + nodes] = tree.sees
+        keep += range(trie_at - 1, trie_at + nodes)  # the remainder's last position, then every node
     mask = torch.zeros(allowed.shape, dtype=model.dtype).masked_fill(~allowed, torch.finfo(model.dtype).min)
 
-    keep = torch.arange(width - 1, width + nodes, device=device)  # the remainder's last position, then every node
     logits = model(
-        ids.to(device), attention_mask=mask[:, None].to(device), position_ids=positions.to(device),
-        cache=cache, logits_to_keep=keep,
-    ).logits.float()
+        torch.cat(ids)[None].to(device), attention_mask=mask[None, None].to(device),
+        position_ids=torch.cat(positions)[None].to(device), logits_to_keep=torch.tensor(keep, device=device),
+    ).logits[0].float().view(len(prompts), 1 + nodes, -1)
     steps, tokens = tree.steps.to(device), tree.steps_token.to(device)
     chosen = logits[:, steps, tokens]  # [rows, candidates, tokens]: each step's logit of its token
     normaliser = torch.logsumexp(logits, dim=-1)[:, steps]

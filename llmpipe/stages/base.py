@@ -32,6 +32,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, stage: str, schema: ty
         help="override one recipe value, e.g. --set training.learning_rate=3e-4 (YAML value; "
         "wins over the recipe file; repeatable)",
     )
+    parser.add_argument(
+        "--set-from", dest="changes", metavar="FILE:NAME",
+        help="apply the recipe values under NAME in the YAML file FILE before any --set, e.g. "
+        "recipes/tiny/adaptation.yaml:methods.probe (how the adaptation experiment runs each method)",
+    )
     parser.add_argument("--metrics", default=f"metrics/{stage}.json", help="metrics JSON to write (default: %(default)s)")
     parser.epilog = "recipe keys: " + describe(schema)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -219,8 +224,11 @@ def begin(args: argparse.Namespace, name: str, schema: type) -> Stage:
     """Load params and the recipe (with --set applied); nothing heavy happens before this succeeds."""
     pipeline = pipeline_params.load(args.params)
     recipe_path = Path(args.recipe) if args.recipe else pipeline.recipe_file(name)
-    recipe = config.load(schema, recipe_path, args.overrides)
+    recipe = config.load(schema, recipe_path, args.overrides, args.changes)
     if isinstance(getattr(recipe, "training", None), dict):
         check_training(recipe.training, recipe_path)
-    tracker = StageRun(name, recipe_path.parent.name, pipeline.mlflow)
+    # a run of the stage with a named set of changes (the adaptation experiment's methods) is its own MLflow
+    # run and registered model: classify-probe beside classify
+    label = f"{name}-{args.changes.rpartition(':')[2].rpartition('.')[2]}" if args.changes else name
+    tracker = StageRun(label, recipe_path.parent.name, pipeline.mlflow)
     return Stage(name, pipeline, recipe, recipe_path, Path(args.metrics), tracker, time.perf_counter())

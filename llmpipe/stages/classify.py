@@ -1,7 +1,8 @@
 """Stage `classify` (book ch6, appendix E): spam classification with `AutoModelForSequenceClassification`
 (the last token's logits) on the pretrained model, any decoder-only architecture transformers knows (GPT-2,
-Llama, ...), trained by `Trainer`; what trains is a recipe choice. A TF-IDF + logistic-regression
-baseline is scored on the same split."""
+Llama, ...), trained by `Trainer`; what trains is a recipe choice, from the head alone (a probe) through
+lightweight fine-tuning (BitFit, PEFT's adapters and prompts) to every weight. A TF-IDF +
+logistic-regression baseline is scored on the same split."""
 
 import argparse
 from dataclasses import dataclass, field
@@ -9,7 +10,15 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from peft import LoraConfig, TaskType, get_peft_model
+from peft import (
+    IA3Config,
+    LoraConfig,
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+    TaskType,
+    get_peft_model,
+)
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -33,11 +42,19 @@ from llmpipe.stages import base
 @dataclass
 class ClassifyRecipe:
     init_from: str | None = None  # Hub id or folder (e.g. gpt2); default: the pretrain stage's model (--base)
-    trainable: Literal["last_block", "all", "lora"] = "last_block"  # last_block: head + last block + final norm
+    # probe: the head only; bitfit: the biases + head; last_block: head + last block + final norm; all: every
+    # weight; lora, ia3, prompt_tuning, p_tuning, prefix_tuning: PEFT's method (its section below) + head
+    trainable: Literal[
+        "probe", "bitfit", "last_block", "all", "lora", "ia3", "prompt_tuning", "p_tuning", "prefix_tuning"
+    ] = "last_block"
     split: spam.SpamSplit = field(default_factory=spam.SpamSplit)
     max_length: int | None = None  # tokens kept per message; default: the model's context
     model: dict = field(default_factory=dict)  # the base model's config values to change (its own config class's arguments)
     lora: dict = library_section(LoraConfig)  # with trainable: lora
+    ia3: dict = library_section(IA3Config)  # with trainable: ia3
+    prompt_tuning: dict = library_section(PromptTuningConfig)  # with trainable: prompt_tuning
+    p_tuning: dict = library_section(PromptEncoderConfig)  # with trainable: p_tuning
+    prefix_tuning: dict = library_section(PrefixTuningConfig)  # with trainable: prefix_tuning
     training: dict = library_section(TrainingArguments)
 
 
@@ -59,13 +76,20 @@ def config_changes(recipe: ClassifyRecipe, source: str, recipe_path) -> dict:
     return config.check_library_section(type(base_config), recipe.model, str(recipe_path), "model")
 
 
-def select_trainable(model: PreTrainedModel, trainable: str, lora: dict) -> PreTrainedModel:
-    """`last_block` freezes all but the head, the last decoder block and the final norm."""
-    if trainable == "lora":
-        return get_peft_model(model, adapters.lora_config(lora, TaskType.SEQ_CLS, model))
-    if trainable == "last_block":
+def select_trainable(model: PreTrainedModel, trainable: str, settings: dict) -> PreTrainedModel:
+    """The model with only `trainable`'s part left to train; a PEFT method (`settings`: its recipe section)
+    wraps it, and PEFT trains the classification head beside the adapter."""
+    if trainable in adapters.PEFT_METHODS:
+        return get_peft_model(model, adapters.peft_config(trainable, settings, TaskType.SEQ_CLS, model))
+    parts = {
+        "probe": lambda: [],
+        "bitfit": lambda: adapters.bias_terms(model),
+        "last_block": lambda: adapters.last_block_and_final_norm(model),
+    }
+    if trainable in parts:
+        chosen = parts[trainable]()
         model.requires_grad_(False)
-        for part in (model.score, *adapters.last_block_and_final_norm(model)):
+        for part in (model.score, *chosen):
             part.requires_grad_(True)
     return model
 
@@ -97,9 +121,13 @@ def main(args: argparse.Namespace) -> None:
         model = load_classifier(source, changes)
         artifacts.check_vocabulary(model, tokenizer, source)
         model.config.pad_token_id = tokenizer.pad_token_id
+        if recipe.trainable in adapters.PROMPT_AS_EMBEDDINGS:
+            # PEFT feeds the prompt as embeddings, so the head cannot find the last real token by its id: pad on
+            # the left, where the last position is always a real token (saved with the tokenizer)
+            tokenizer.padding_side = "left"
         max_length = recipe.max_length or artifacts.context_length(model)
         encoded = splits.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length), batched=True)
-        model = select_trainable(model, recipe.trainable, recipe.lora)
+        model = select_trainable(model, recipe.trainable, getattr(recipe, recipe.trainable, {}))
         counts = artifacts.parameter_counts(model)
         trainer = Trainer(
             model=model,
@@ -115,22 +143,23 @@ def main(args: argparse.Namespace) -> None:
         final = trainer.evaluate(eval_dataset=dict(encoded))
         metrics = {}
         if trainer.is_world_process_zero():  # rank 0 reports (the other ranks would measure the CPU peak against it)
-            metrics = counts | timer.summary(trainer)
+            metrics = {"trainable": recipe.trainable} | counts | timer.summary(trainer)
             for split in splits:
                 for key in ("accuracy", "precision", "recall", "f1"):
                     metrics[f"{split}_{key}"] = round(final[f"eval_{split}_{key}"], 4)
             metrics |= baseline.tfidf_logreg(splits, training.seed)
         with base.output_folder(args.output, trainer) as staging:
-            if recipe.trainable == "lora":
+            if recipe.trainable in adapters.MERGEABLE:
                 adapters.save_adapter_and_merged(model, tokenizer, staging / "adapter", staging)
-            else:
+            else:  # a full model folder, or (prompt and prefix tuning) the adapter alone
                 trainer.save_model(str(staging))
                 tokenizer.save_pretrained(staging)
             cards.write(staging, card := job.card("classify", metrics, args.output, source))
         if not trainer.is_world_process_zero():
             return
 
-        job.tracker.register_model(args.output, "text-classification", card)
+        is_adapter = recipe.trainable in adapters.PEFT_METHODS and recipe.trainable not in adapters.MERGEABLE
+        job.tracker.register_model(args.output, "text-classification", card, source if is_adapter else None)
         job.finish(
             metrics,
             f"spam classifier ({recipe.trainable}: {counts['trainable_parameters']:,} of "

@@ -1,0 +1,102 @@
+"""The adaptation methods (lecture "Intro to LLMs", part 5): each trains as the classify stage on the test recipe,
+trains only its share of the parameters, and saves a classifier that users' stock loaders read back with the
+stage's own test accuracy. The gathering stage tables them."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from peft import AutoPeftModelForSequenceClassification
+from transformers import AutoTokenizer, pipeline
+
+from llmpipe import cli, config
+from llmpipe.data.spam import LABELS, balanced_splits, read_messages
+from llmpipe.stages.classify import ClassifyRecipe
+from tests.conftest import REPO, assert_refused
+
+METHODS = yaml.safe_load((REPO / "recipes/test/adaptation.yaml").read_text())["methods"]
+
+
+def classify(tmp_path, *args: str) -> tuple[int, dict]:
+    code = cli.main(["classify", *args, "--output", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json"),
+                     "--checkpoints", str(tmp_path / "checkpoints")])
+    return code, json.loads((tmp_path / "m.json").read_text()) if code == 0 else {}
+
+
+def predictions(folder, texts: list[str], max_length: int) -> list[int]:
+    """Labels as users get them: `pipeline()` on a model folder, `AutoPeftModelForSequenceClassification` on an adapter."""
+    if not (folder / "adapter_config.json").exists():
+        classifier = pipeline("text-classification", model=str(folder))
+        return [LABELS.index(r["label"]) for r in classifier(texts, truncation=True, max_length=max_length, batch_size=64)]
+    model = AutoPeftModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    with torch.no_grad():
+        return model(**encoded).logits.argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_trains_its_share_and_reloads_with_the_reported_test_accuracy(inside, tmp_path, method):
+    code, reported = classify(tmp_path, "--set-from", f"recipes/test/adaptation.yaml:methods.{method}")
+    assert code == 0
+    assert reported["trainable"] == METHODS[method]["trainable"]
+    assert 0 < reported["trainable_parameters"] <= reported["total_parameters"]
+    assert (reported["trainable_fraction"] == 1.0) == (method == "all")
+    recipe = config.load(ClassifyRecipe, inside / "recipes/test/classify.yaml")
+    test_split = balanced_splits(read_messages(inside / "data/sms_spam/SMSSpamCollection"), recipe.split)["test"]
+    predicted = predictions(tmp_path / "out", list(test_split["text"]), recipe.max_length)
+    correct = sum(p == truth for p, truth in zip(predicted, test_split["label"]))
+    assert correct / len(test_split) == pytest.approx(reported["test_accuracy"], abs=1 / len(test_split))
+
+
+def test_prefix_tuning_is_refused_with_the_reason_while_peft_passes_past_key_values(inside, tmp_path, capsys):
+    code, _ = classify(tmp_path, "--set", "trainable=prefix_tuning")
+    assert_refused(code, capsys.readouterr().err, "prefix_tuning", "past_key_values", "use prompt_tuning")
+
+
+def test_a_method_name_missing_from_the_changes_file_is_named(inside, tmp_path, capsys):
+    code, _ = classify(tmp_path, "--set-from", "recipes/test/adaptation.yaml:methods.adapters")
+    assert_refused(code, capsys.readouterr().err, "recipes/test/adaptation.yaml", "methods.adapters", "probe")
+
+
+def test_a_bad_key_in_a_methods_changes_names_both_files(inside, tmp_path, capsys):
+    changes = tmp_path / "adaptation.yaml"
+    changes.write_text("methods:\n  probe: {trainable: probe, training: {learning_rat: 0.1}}\n")
+    code, _ = classify(tmp_path, "--set-from", f"{changes}:methods.probe")
+    assert_refused(code, capsys.readouterr().err, "classify.yaml", str(changes), "training.learning_rat", "learning_rate")
+
+
+def gather(tmp_path, names: list[str], runs) -> int:
+    params = tmp_path / "params.yaml"
+    settings = yaml.safe_load((REPO / "params.yaml").read_text())
+    settings["mlflow"]["enabled"] = False
+    settings["adaptation"] = names
+    params.write_text(yaml.safe_dump(settings))
+    return cli.main(["adaptation", "--params", str(params), "--recipe", str(REPO / "recipes/test/adaptation.yaml"),
+                     "--runs", str(runs), "--metrics", str(tmp_path / "adaptation.json"), "--figure", str(tmp_path / "a.png")])
+
+
+def test_the_table_holds_each_methods_figures_and_the_baseline(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for name, (accuracy, share) in {"probe": (0.8, 0.0002), "all": (0.95, 1.0)}.items():
+        (runs / f"{name}.json").write_text(json.dumps({
+            "trainable": name, "test_accuracy": accuracy, "validation_accuracy": accuracy, "trainable_parameters": int(share * 1e6),
+            "trainable_fraction": share, "train_step_seconds": 1.0, "seconds": 2.0, "baseline_test_accuracy": 0.97,
+        }))
+    assert gather(tmp_path, ["probe", "all"], runs) == 0
+    table = json.loads((tmp_path / "adaptation.json").read_text())
+    assert table["baseline_test_accuracy"] == 0.97
+    assert table["methods"]["all"]["test_accuracy"] == 0.95 and table["methods"]["probe"]["trainable_fraction"] == 0.0002
+    assert (tmp_path / "a.png").stat().st_size > 0
+
+
+def test_a_method_that_has_not_run_is_named_with_the_command_that_runs_it(tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    assert_refused(gather(tmp_path, ["probe"], tmp_path / "runs"), capsys.readouterr().err, "probe.json", "dvc repro adapt@probe")
+
+
+def test_a_method_the_recipe_does_not_define_is_named(tmp_path, capsys):
+    assert_refused(gather(tmp_path, ["adapters"], tmp_path), capsys.readouterr().err, "params.yaml", "adapters")
