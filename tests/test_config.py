@@ -145,6 +145,12 @@ def test_every_adaptation_method_makes_a_valid_classify_recipe(path):
             PEFT_METHODS[recipe.trainable](**getattr(recipe, recipe.trainable))
 
 
+def test_the_adaptation_methods_in_params_are_defined_by_the_default_recipe():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    methods = config.load(AdaptationRecipe, REPO / "recipes" / params["recipe"] / "adaptation.yaml").methods
+    assert params["adaptation"] and set(params["adaptation"]) <= set(methods)
+
+
 def test_every_recipe_folder_has_every_stage():
     for folder in {p.parent for p in STAGE_RECIPES}:
         assert {p.stem for p in folder.glob("*.yaml")} == set(SCHEMAS), folder
