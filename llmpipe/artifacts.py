@@ -107,16 +107,21 @@ def check_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         )
 
 
+def load_classifier(source: str | Path, what: str, **kwargs) -> PreTrainedModel:
+    """A sequence classifier on a causal LM's weights: the new head (`score`) is the one weight the folder may
+    lack, the LM's own output layer (when not tied to the embeddings) the one it may hold beyond it."""
+    return load_model(
+        AutoModelForSequenceClassification, source, what, new_weights=("score.weight",), dropped=("lm_head", "embed_out"), **kwargs
+    )
+
+
 def load_for_task(source: str | Path, task: str, adapter_base: str | None = None):
     """The model a `pipeline(task)` runs: a causal LM or a sequence classifier; with `adapter_base`, the
     PEFT adapter in `source` on that base."""
     if adapter_base is not None:
         from peft import PeftModel
 
-        base = load_model(
-            AutoModelForSequenceClassification, adapter_base, "base model", new_weights=("score.weight",),
-            dropped=("lm_head", "embed_out"),  # the adapter brings its own head
-        ) if task == "text-classification" else load_causal_lm(adapter_base)
+        base = load_classifier(adapter_base, "base model") if task == "text-classification" else load_causal_lm(adapter_base)
         return PeftModel.from_pretrained(base, str(source))
     if task == "text-classification":
         return load_model(AutoModelForSequenceClassification, source, "classifier")

@@ -35,21 +35,19 @@ def adaptation(methods: dict[str, dict], baseline: float | None, path: Path) -> 
     """Test accuracy against the share of parameters trained (log axis), one point per method, and the
     TF-IDF baseline's accuracy on the same split as a line (no methods: a figure that says so)."""
     figure, axes = plt.subplots(figsize=(6.4, 4.2))
-    if not methods:
+    if methods:
+        for name, row in methods.items():
+            axes.scatter(row["trainable_fraction"], row["test_accuracy"], color="tab:blue")
+            axes.annotate(name, (row["trainable_fraction"], row["test_accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        axes.axhline(baseline, color="tab:gray", linestyle="--", label=f"TF-IDF + logistic regression ({baseline:.2%})")
+        axes.set_xscale("log")
+        axes.set_xlabel("share of parameters trained")
+        axes.set_ylabel("spam test accuracy")
+        axes.set_title("adaptation methods on the same split, seed and data", fontsize=9)
+        axes.legend(fontsize=8, loc="lower right")
+    else:
         axes.text(0.5, 0.5, "no adaptation methods compared\n(params.yaml `adaptation` is empty)", ha="center", va="center")
         axes.set_axis_off()
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        return
-    for name, row in methods.items():
-        axes.scatter(row["trainable_fraction"], row["test_accuracy"], color="tab:blue")
-        axes.annotate(name, (row["trainable_fraction"], row["test_accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    axes.axhline(baseline, color="tab:gray", linestyle="--", label=f"TF-IDF + logistic regression ({baseline:.2%})")
-    axes.set_xscale("log")
-    axes.set_xlabel("share of parameters trained")
-    axes.set_ylabel("spam test accuracy")
-    axes.set_title("adaptation methods on the same split, seed and data", fontsize=9)
-    axes.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

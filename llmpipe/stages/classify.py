@@ -21,7 +21,6 @@ from peft import (
 )
 from transformers import (
     AutoConfig,
-    AutoModelForSequenceClassification,
     DataCollatorWithPadding,
     PreTrainedModel,
     Trainer,
@@ -59,10 +58,8 @@ class ClassifyRecipe:
 
 
 def load_classifier(source: str, config_changes: dict) -> PreTrainedModel:
-    return artifacts.load_model(
-        AutoModelForSequenceClassification, source, "model to classify with", new_weights=("score.weight",),
-        dropped=("lm_head", "embed_out"),  # a causal LM's own output layer, when not tied to the embeddings
-        num_labels=len(spam.LABELS), id2label=dict(enumerate(spam.LABELS)),
+    return artifacts.load_classifier(
+        source, "model to classify with", num_labels=len(spam.LABELS), id2label=dict(enumerate(spam.LABELS)),
         label2id={label: i for i, label in enumerate(spam.LABELS)}, **config_changes,
     )
 
