@@ -75,27 +75,49 @@ def gather(tmp_path, names: list[str], runs) -> int:
     settings["adaptation"] = names
     params.write_text(yaml.safe_dump(settings))
     return cli.main(["adaptation", "--params", str(params), "--recipe", str(REPO / "recipes/test/adaptation.yaml"),
-                     "--runs", str(runs), "--metrics", str(tmp_path / "adaptation.json"), "--figure", str(tmp_path / "a.png")])
+                     "--runs", str(runs), "--classify-metrics", str(runs / "classify.json"),
+                     "--metrics", str(tmp_path / "adaptation.json"), "--figure", str(tmp_path / "a.png")])
 
 
-def test_the_table_holds_each_methods_figures_and_the_baseline(tmp_path):
+def write_run(path, trainable: str, accuracy: float, share: float) -> None:
+    path.write_text(json.dumps({
+        "trainable": trainable, "test_accuracy": accuracy, "validation_accuracy": accuracy, "trainable_parameters": int(share * 1e6),
+        "trainable_fraction": share, "train_step_seconds": 1.0, "seconds": 2.0, "baseline_test_accuracy": 0.97,
+    }))
+
+
+def test_the_table_holds_each_methods_figures_the_classify_stages_run_and_the_baseline(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
-    for name, (accuracy, share) in {"probe": (0.8, 0.0002), "all": (0.95, 1.0)}.items():
-        (runs / f"{name}.json").write_text(json.dumps({
-            "trainable": name, "test_accuracy": accuracy, "validation_accuracy": accuracy, "trainable_parameters": int(share * 1e6),
-            "trainable_fraction": share, "train_step_seconds": 1.0, "seconds": 2.0, "baseline_test_accuracy": 0.97,
-        }))
-    assert gather(tmp_path, ["probe", "all"], runs) == 0
+    write_run(runs / "probe.json", "probe", 0.8, 0.0002)
+    write_run(runs / "classify.json", "all", 0.95, 1.0)
+    assert gather(tmp_path, ["probe"], runs) == 0
     table = json.loads((tmp_path / "adaptation.json").read_text())
     assert table["baseline_test_accuracy"] == 0.97
     assert table["methods"]["all"]["test_accuracy"] == 0.95 and table["methods"]["probe"]["trainable_fraction"] == 0.0002
     assert (tmp_path / "a.png").stat().st_size > 0
 
 
+def test_an_adapt_run_of_the_classify_stages_method_stands_over_the_stages_own(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    write_run(runs / "last_block.json", "last_block", 0.91, 0.2)  # sized on its own: 3 epochs, say
+    write_run(runs / "classify.json", "last_block", 0.88, 0.2)
+    assert gather(tmp_path, ["last_block"], runs) == 0
+    methods = json.loads((tmp_path / "adaptation.json").read_text())["methods"]
+    assert list(methods) == ["last_block"] and methods["last_block"]["test_accuracy"] == 0.91
+
+
 def test_a_method_that_has_not_run_is_named_with_the_command_that_runs_it(tmp_path, capsys):
     (tmp_path / "runs").mkdir()
+    write_run(tmp_path / "runs/classify.json", "all", 0.95, 1.0)
     assert_refused(gather(tmp_path, ["probe"], tmp_path / "runs"), capsys.readouterr().err, "probe.json", "dvc repro adapt@probe")
+
+
+def test_a_missing_classify_stage_run_is_named_with_the_command_that_runs_it(tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    write_run(tmp_path / "runs/probe.json", "probe", 0.8, 0.0002)
+    assert_refused(gather(tmp_path, ["probe"], tmp_path / "runs"), capsys.readouterr().err, "classify.json", "dvc repro classify")
 
 
 def test_a_method_the_recipe_does_not_define_is_named(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Stage `adaptation`: probing, lightweight and full fine-tuning side by side. dvc.yaml's `adapt` stages run
 the classify stage once per method named in params.yaml `adaptation` (same split, seed and data; each with
-its own budget, in `methods` of this stage's recipe); this stage gathers their metrics into one table
+its own budget, in `methods` of this stage's recipe); this stage gathers their metrics, and the classify
+stage's own run as the method classify.yaml trains (run once, not twice), into one table
 (metrics/adaptation.json) and one figure: test accuracy against the share of parameters trained, beside the
 TF-IDF baseline."""
 
@@ -28,19 +29,30 @@ class AdaptationRecipe:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     base.add_common_arguments(parser, "adaptation", AdaptationRecipe)
     parser.add_argument("--runs", default="metrics/adaptation", help="the adapt stages' classify metrics, <method>.json (default: %(default)s)")
+    parser.add_argument(
+        "--classify-metrics", default="metrics/classify.json",
+        help="the classify stage's metrics: its run joins the table as the method classify.yaml trains (default: %(default)s)",
+    )
     parser.add_argument("--figure", default="plots/adaptation.png", help="figure to write (default: %(default)s)")
 
 
-def gather(runs: Path, names: list[str]) -> tuple[dict[str, dict], float]:
-    """Each method's figures, and the TF-IDF baseline's test accuracy (the same split, so the same for all)."""
-    methods, baselines = {}, set()
-    for name in names:
-        path = runs / f"{name}.json"
-        if not path.is_file():
-            raise UserError(f"{path}: no metrics for method `{name}` (params.yaml `adaptation`); run `dvc repro adapt@{name}`")
-        found = json.loads(path.read_text(encoding="utf-8"))
-        methods[name] = {key: found[key] for key in REPORTED}
-        baselines.add(found["baseline_test_accuracy"])
+def read_run(path: Path, missing: str) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path}: {missing}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def gather(runs: Path, names: list[str], classify_metrics: Path) -> tuple[dict[str, dict], float]:
+    """Each method's figures, and the TF-IDF baseline's test accuracy (the same split, so the same for all).
+    The classify stage's run joins as the method classify.yaml trains (its `trainable`) unless an adapt stage
+    runs that method with its own settings; then the adapt run's figures stand."""
+    staged = read_run(classify_metrics, "no metrics of the classify stage; run `dvc repro classify`")
+    found = {staged["trainable"]: staged} | {
+        name: read_run(runs / f"{name}.json", f"no metrics for method `{name}` (params.yaml `adaptation`); run `dvc repro adapt@{name}`")
+        for name in names
+    }
+    methods = {name: {key: run[key] for key in REPORTED} for name, run in found.items()}
+    baselines = {run["baseline_test_accuracy"] for run in found.values()}
     if len(baselines) > 1:
         raise UserError(f"{runs}: the methods' TF-IDF baselines differ ({sorted(baselines)}), so their splits do; "
                         "keep `split` out of adaptation.yaml's methods and run `dvc repro` again")
@@ -53,7 +65,7 @@ def main(args: argparse.Namespace) -> None:
     unknown = [name for name in names if name not in job.recipe.methods]
     if unknown:
         raise UserError(f"{args.params}: `adaptation` names {', '.join(unknown)}, which {job.recipe_path} `methods` does not define")
-    methods, baseline = gather(Path(args.runs), names) if names else ({}, None)
+    methods, baseline = gather(Path(args.runs), names, Path(args.classify_metrics)) if names else ({}, None)
     with job.tracker:
         job.log_config()
         figure = Path(args.figure)
