@@ -5,7 +5,7 @@ and DataLoader settings, the same loss call, no KV cache, the loss and gradient 
 logging steps, both compiled or neither. Tokens/s by wall clock over the same steps, their ratio, MFU and
 peak memory, each the median of several runs; then each fast default against its alternative (variants).
 With `data_stages`: tokenizer training against sentencepiece, and the corpus stage on corpora up to a
-gigabyte. With `judge`: the hf judge one prompt at a time against the batched judge. Writes
+gigabyte. With `judge`: the hf judge one prompt at a time against the batched judge, under each reading. Writes
 bench/results.json."""
 
 import argparse
@@ -244,9 +244,12 @@ def print_tables(results: dict) -> None:
         print(f"{'sentencepiece':<24}{tok['sentencepiece_mb_per_second']:>12.2f}{1.0:>8.2f}{tok['sentencepiece_peak_memory_gb']:>7.2f}G")
         print(f"{'tokenizers (stage)':<24}{tok['tokenizers_mb_per_second']:>12.2f}{tok['tokenizers_vs_sentencepiece']:>8.2f}{tok['tokenizers_peak_memory_gb']:>7.2f}G")
     if judged := results.get("judge"):
-        print(f"judge ({judged['judge']}), {judged['examples']} answers: {judged['one_at_a_time_examples_per_second']:.2f} judged/s "
-              f"one at a time -> {judged['batched_examples_per_second']:.2f} batched ({judged['speedup']}x; "
-              f"scores differ by at most {judged['max_score_difference']:.1e})")
+        for reading, figures in judged["readings"].items():
+            print(f"judge ({judged['judge']}, reading {reading}), {judged['examples']} answers: "
+                  f"{figures['one_at_a_time_examples_per_second']:.2f} judged/s one at a time -> "
+                  f"{figures['batched_examples_per_second']:.2f} batched ({figures['speedup']}x; "
+                  f"scores differ by at most {figures['max_score_difference']:.1e})")
+        print(f"judge: first_number batched over exact one at a time: {judged['speedup']}x")
     for corpus in results.get("corpus_stage", []):
         print(f"corpus stage, {corpus['text_mb']:>6.0f} MB text: {corpus['tokens_per_second']:>9,.0f} tokens/s, peak memory "
               f"{corpus['peak_anonymous_memory_gb']:.2f} GB anonymous, {corpus['peak_memory_gb']:.2f} GB resident with mapped Arrow files")

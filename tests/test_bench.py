@@ -58,6 +58,8 @@ def test_judge_bench_times_the_one_at_a_time_and_the_batched_judge_on_the_same_a
     tiny_model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     result = judge.measure(str(tmp_path), REPO / "data" / "instruction-data.json", count=2)
-    assert result["examples"] == 6
-    assert result["one_at_a_time_examples_per_second"] > 0 and result["batched_examples_per_second"] > 0
-    assert result["max_score_difference"] < 1e-4
+    assert result["examples"] == 6 and set(result["readings"]) == {"exact", "first_number"}
+    for figures in result["readings"].values():
+        assert figures["one_at_a_time_examples_per_second"] > 0 and figures["batched_examples_per_second"] > 0
+        assert figures["max_score_difference"] < 1e-4
+    assert result["speedup"] > 0

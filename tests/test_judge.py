@@ -20,7 +20,7 @@ from llmpipe.judge.backends import load
 from llmpipe.judge.base import SCORES, JudgeSettings
 from llmpipe.judge.hf import HfJudge, verdict
 from llmpipe.judge.openai import parse_score
-from llmpipe.judge.scoring import candidate_log_probs, trie
+from llmpipe.judge.scoring import candidate_log_probs, score_trie, starting_with_digit, trie
 from llmpipe.metrics import evaluate_modules
 from tests.conftest import REPO
 
@@ -73,18 +73,25 @@ def test_hf_verdict_is_a_proper_expectation():
     assert 0 <= result.score <= 100
 
 
-def test_cached_candidate_scoring_matches_plain_forward_passes(tiny_model, tokenizer):
-    """One prompt pass + all candidates on a repeated KV cache gives each candidate's exact log-probability."""
-    prompt = tokenizer("Score the answer from 0 to 100:")["input_ids"]
-    candidates = [tokenizer(str(s), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for s in (0, 7, 42, 100)]
-    assert len({len(c) for c in candidates}) > 1  # the BPE splits numbers unevenly: padding is exercised
-    cached = candidate_log_probs(tiny_model, prompt, candidates)
-    for candidate, value in zip(candidates, cached):
-        with torch.inference_mode():
-            logits = tiny_model(torch.tensor([prompt + candidate])).logits[0]
-        log_probs = torch.log_softmax(logits, -1)
-        expected = sum(float(log_probs[len(prompt) - 1 + i, token]) for i, token in enumerate(candidate))
-        assert float(value) == pytest.approx(expected, abs=1e-4)
+@pytest.mark.parametrize("reading", ["first_number", "exact"])
+def test_packed_scoring_gives_what_plain_forward_passes_give(tiny_model, tokenizer, reading):
+    """Two prompts packed on their shared beginning, each with its copy of the trie, give every score's
+    log-probability as a plain forward pass over the prompt and the score's tokens reads it."""
+    prompts = [tuple(tokenizer(f"Score the answer {answer} from 0 to 100:")["input_ids"]) for answer in ("yes", "no way")]
+    packed = candidate_log_probs(tiny_model, prompts, score_trie(tokenizer, SCORES, reading),
+                                 starting_with_digit(tokenizer, tiny_model.config.vocab_size))
+    begins_with_digit = torch.tensor([tokenizer.decode([i])[:1].isdigit() for i in range(len(tokenizer))])
+    assert len({len(tokenizer(str(s), add_special_tokens=False)["input_ids"]) for s in SCORES}) > 1  # uneven splits
+    for row, prompt in enumerate(prompts):
+        for score in (0, 7, 10, 42, 100):
+            tokens = tokenizer(str(score), add_special_tokens=False)["input_ids"]
+            tokens += [tokenizer.eos_token_id] if reading == "exact" else []
+            with torch.inference_mode():
+                log_probs = torch.log_softmax(tiny_model(torch.tensor([list(prompt) + tokens])).logits[0].float(), -1)
+            expected = sum(float(log_probs[len(prompt) - 1 + i, token]) for i, token in enumerate(tokens))
+            if reading == "first_number" and 1 <= score <= 10:  # a longer score could follow: no digit next
+                expected += math.log(1 - float(log_probs[-1, begins_with_digit].exp().sum()))
+            assert float(packed[row, score]) == pytest.approx(expected, abs=1e-4)
 
 
 @pytest.mark.parametrize("chat", [False, True])
@@ -109,13 +116,18 @@ def test_batched_judge_gives_the_one_at_a_time_verdicts(tmp_path, tokenizer, cha
         assert many.detail["mode"] == one.detail["mode"]
 
 
-def test_candidate_trie_feeds_each_digit_prefix_once():
-    candidates = [[int(d) for d in str(score)] + [10] for score in SCORES]  # digits are tokens 0-9, EOS is 10
-    tree = trie(candidates)
-    assert len(tree.tokens) == 10 + 90 + 1  # "0".."9", "10".."99", "100"
-    four_two = next(i for i, (t, d) in enumerate(zip(tree.tokens, tree.depths)) if t == 2 and d == 2 and tree.sees[i].sum() == 2
-                    and tree.tokens[tree.sees[i].nonzero()[0, 0]] == 4)
-    assert tree.steps[42][tree.steps_real[42]].tolist() == [0, int(tree.sees[four_two].nonzero()[0, 0]) + 1, four_two + 1]
+def test_score_trie_feeds_each_node_once_and_reads_an_end_only_where_a_longer_score_could_follow():
+    digits = [[int(d) for d in str(score)] for score in SCORES]  # digits are tokens 0-9, EOS is 10
+    exact = trie([d + [10] for d in digits], [False] * len(digits))
+    assert len(exact.tokens) == 10 + 90 + 1  # "0".."9", "10".."99", "100"
+    extended = [any(str(o).startswith(str(s)) and o != s for o in SCORES) for s in SCORES]
+    assert [s for s, read in zip(SCORES, extended) if read] == list(range(1, 11))
+    first = trie(digits, extended)
+    node = {tuple(int(t) for t in first.tokens[first.sees[k]]): k + 1 for k in range(len(first.tokens))}
+    assert set(node) == {(d,) for d in range(1, 10)} | {(1, 0)}  # "1".."9" and "10": 10 nodes, not 101
+    assert first.steps[42][first.steps_real[42]].tolist() == [0, node[(4,)]]
+    assert not first.ends_read[42] and first.ends_read[5] and first.ends[5] == node[(5,)]
+    assert first.steps[100].tolist() == [0, node[(1,)], node[(1, 0)]] and first.ends[10] == node[(1, 0)]
 
 
 def test_hf_judge_keeps_the_end_of_a_prompt_too_long_for_its_context(tmp_path):
@@ -130,7 +142,7 @@ def test_judge_is_an_evaluate_module(tmp_path):
         predictions=["Red.", "Blue."], references=["Blue.", "Blue."], requests=["Name a colour."] * 2,
         backend="hf", model=str(judge_that_says("100", tmp_path)),
     )
-    assert judged["judge"] == f"hf:{tmp_path}"
+    assert judged["judge"] == f"hf:{tmp_path} (reading: first_number)"
     assert len(judged["scores"]) == 2 and judged["unscored"] == 0
     assert judged["mean"] > 99
 

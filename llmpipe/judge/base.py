@@ -17,6 +17,8 @@ class JudgeSettings:
     # hf: a model folder or Hub id ("self": the sft stage's model); openai: the endpoint's model name
     model: str = "self"
     prompt_format: Literal["auto", "chat", "alpaca"] = "auto"  # hf: auto = chat if the tokenizer has a template
+    # hf: first_number = the number the answer begins with; exact = the score then EOS, nothing else (judge/scoring.py)
+    reading: Literal["first_number", "exact"] = "first_number"
     base_url: str | None = None  # openai: e.g. http://localhost:11434/v1 (Ollama); default: $OPENAI_BASE_URL, else OpenAI
     api_key_env: str = "OPENAI_API_KEY"  # openai: the environment variable holding the key (never the key itself)
     timeout: float = 60.0  # openai: seconds per request

@@ -1,6 +1,6 @@
 """The `hf` judge: any causal LM, local or from the Hub. Rather than parse what it writes, read how likely
-it finds each allowed answer ("0" ... "100", each followed by EOS) and report the expectation
-(G-Eval style): always a number, with the distribution's confidence beside it."""
+it finds each allowed answer ("0" ... "100"; `judge.reading` says how an answer ends, scoring.py) and report
+the expectation (G-Eval style): always a number, with the distribution's confidence beside it."""
 
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from llmpipe.judge import base, scoring
 
 class HfJudge:
     def __init__(self, settings: base.JudgeSettings, device: str = "cpu", batch_size: int = 8):
-        self.identity = f"hf:{settings.model}"
+        self.identity = f"hf:{settings.model} (reading: {settings.reading})"
         self.description = describe(settings.model)
         self.batch_size = batch_size
         self.tokenizer = artifacts.load_tokenizer(settings.model)
@@ -30,11 +30,8 @@ class HfJudge:
         self.chat = settings.prompt_format == "chat" or (
             settings.prompt_format == "auto" and bool(self.tokenizer.chat_template)
         )
-        self.candidates = [
-            self.tokenizer(str(score), add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-            for score in base.SCORES
-        ]
-        self.trie = scoring.trie(self.candidates)
+        self.trie = scoring.score_trie(self.tokenizer, base.SCORES, settings.reading)
+        self.digit = scoring.starting_with_digit(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
 
     def prompt_ids(self, request: str, reference: str, response: str) -> tuple[tuple[int, ...], int]:
         """The prompt's tokens and how many were dropped from its start: a prompt longer than the judge's
@@ -47,13 +44,12 @@ class HfJudge:
             ids = self.tokenizer(templated, add_special_tokens=False)["input_ids"]
         else:
             ids = self.tokenizer(instructions.alpaca_prompt({"instruction": text}))["input_ids"]
-        room = artifacts.context_length(self.model) - max(len(c) for c in self.candidates)
+        room = artifacts.context_length(self.model) - int(self.trie.depths.max())  # the deepest node follows the prompt
         dropped = max(0, len(ids) - room)
         return tuple(ids[dropped:]), dropped
 
     def __call__(self, request: str, reference: str, response: str) -> base.Verdict:
-        ids, dropped = self.prompt_ids(request, reference, response)
-        return verdict(scoring.candidate_log_probs(self.model, list(ids), self.candidates), dropped)
+        return self.judge_many([(request, reference, response)])[0]
 
     def judge_many(self, examples: list[tuple[str, str, str]]) -> list[base.Verdict]:
         """The verdicts of `(request, reference, response)` examples, each as `self(*example)` gives it, faster:
@@ -64,11 +60,11 @@ class HfJudge:
         for (request, reference, _), (ids, _) in zip(examples, prompts):
             groups.setdefault((request, reference), {})[ids] = None
         log_probs = {}
-        for group in tqdm(groups.values(), desc=f"judging ({self.identity})", unit="example"):
+        for group in tqdm(groups.values(), desc=f"judging ({self.identity})", unit="example", disable=len(groups) < 2):
             unique = [ids for ids in group if ids not in log_probs]
             for start in range(0, len(unique), self.batch_size):
                 chunk = unique[start : start + self.batch_size]
-                log_probs |= zip(chunk, scoring.batched_candidate_log_probs(self.model, chunk, self.trie))
+                log_probs |= zip(chunk, scoring.candidate_log_probs(self.model, chunk, self.trie, self.digit))
         return [verdict(log_probs[ids], dropped) for ids, dropped in prompts]
 
 
