@@ -72,7 +72,7 @@ def test_fine_tuning_stages_write_their_metrics(repo):
 
 def test_evaluate_judges_every_test_example_of_every_model(repo):
     metrics = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert metrics["judge"] == "self" and metrics["judge_model"] == "hf:artifacts/sft"
+    assert metrics["judge"] == "self" and metrics["judge_model"] == "hf:artifacts/sft (reading: first_number)"
     assert metrics["test_examples"] == 6  # the test recipe's limit
     for model in ("sft", "lora", "pretrain"):
         summary = metrics[model]
