@@ -20,7 +20,7 @@ from llmpipe.judge.backends import load
 from llmpipe.judge.base import SCORES, JudgeSettings
 from llmpipe.judge.hf import HfJudge, verdict
 from llmpipe.judge.openai import parse_score
-from llmpipe.judge.scoring import candidate_log_probs, score_trie, starting_with_digit, trie
+from llmpipe.judge.scoring import candidate_log_probs, longer_score_may_follow, score_trie, starting_with_digit, trie
 from llmpipe.metrics import evaluate_modules
 from tests.conftest import REPO
 
@@ -120,7 +120,7 @@ def test_score_trie_feeds_each_node_once_and_reads_an_end_only_where_a_longer_sc
     digits = [[int(d) for d in str(score)] for score in SCORES]  # digits are tokens 0-9, EOS is 10
     exact = trie([d + [10] for d in digits], [False] * len(digits))
     assert len(exact.tokens) == 10 + 90 + 1  # "0".."9", "10".."99", "100"
-    extended = [any(str(o).startswith(str(s)) and o != s for o in SCORES) for s in SCORES]
+    extended = longer_score_may_follow(SCORES)
     assert [s for s, read in zip(SCORES, extended) if read] == list(range(1, 11))
     first = trie(digits, extended)
     node = {tuple(int(t) for t in first.tokens[first.sees[k]]): k + 1 for k in range(len(first.tokens))}

@@ -75,13 +75,17 @@ def trie(candidates: list[list[int]], read_end: list[bool]) -> Trie:
     )
 
 
+def longer_score_may_follow(scores: range) -> list[bool]:
+    """Per score, whether another score's digits begin with its own (1 -> 10-19 and 100; 10 -> 100)."""
+    return [any(str(other).startswith(str(score)) and other != score for other in scores) for score in scores]
+
+
 def score_trie(tokenizer: PreTrainedTokenizerBase, scores: range, reading: str) -> Trie:
     """The trie of `scores` as `tokenizer` writes them, for `reading` (module docstring)."""
     digits = [tokenizer(str(score), add_special_tokens=False)["input_ids"] for score in scores]
     if reading == "exact":
         return trie([d + [tokenizer.eos_token_id] for d in digits], [False] * len(digits))
-    extended = [any(str(other).startswith(str(score)) and other != score for other in scores) for score in scores]
-    return trie(digits, extended)
+    return trie(digits, longer_score_may_follow(scores))
 
 
 def starting_with_digit(tokenizer: PreTrainedTokenizerBase, vocabulary_size: int) -> torch.Tensor:
