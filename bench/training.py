@@ -4,11 +4,13 @@ batches, in the same process, alike in all but the framework: the same rows thro
 and DataLoader settings, the same loss call, no KV cache, the loss and gradient norm read back at the same
 logging steps, both compiled or neither. Tokens/s by wall clock over the same steps, their ratio, MFU and
 peak memory, each the median of several runs; then each fast default against its alternative (variants).
+With `host_reads`: the tensor values each loop reads back to the host (a GPU sync each), by call site.
 With `data_stages`: tokenizer training against sentencepiece, and the corpus stage on corpora up to a
 gigabyte. With `judge`: the hf judge one prompt at a time against the batched judge, under each reading. Writes
 bench/results.json."""
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,12 +23,14 @@ from pathlib import Path
 import accelerate
 import torch
 import transformers
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from bench import data_stages, judge
+from bench.host_reads import HostReads
 from llmpipe import config
 from llmpipe.data.packing import causal_lm_batch
-from llmpipe.runtime import throughput
+from llmpipe.runtime import mixed_precision, throughput
 from llmpipe.stages import base
 from llmpipe.stages.corpus import CorpusRecipe
 from llmpipe.stages.pretrain import PretrainRecipe
@@ -36,8 +40,9 @@ GPT2_VOCAB = 50257
 LOGGING_STEPS = 10  # both loops read the loss and gradient norm back this often
 
 
-def recipe_shape(recipe: Path) -> dict:
-    """Model config, context, batch size, precision and run settings of a recipe folder's pretrain stage."""
+def recipe_shape(recipe: Path, bf16: bool = False) -> dict:
+    """Model config, context, batch size, precision and run settings of a recipe folder's pretrain stage
+    (bf16 autocast as the recipe says on a GPU, or wherever `bf16` asks for it)."""
     tokenizer = config.load(TokenizerRecipe, recipe / "tokenizer.yaml")
     corpus = config.load(CorpusRecipe, recipe / "corpus.yaml")
     pretrain = config.load(PretrainRecipe, recipe / "pretrain.yaml")
@@ -47,19 +52,21 @@ def recipe_shape(recipe: Path) -> dict:
         # as the stage builds it: ids from the tokenizer, no pad_token_id, no KV cache while training
         "config": GPT2Config(vocab_size=vocab, bos_token_id=vocab - 1, eos_token_id=vocab - 1, use_cache=False, **pretrain.model),
         "context": corpus.context_length,
-        "batch": training.get("per_device_train_batch_size", 8),
         "learning_rate": float(training.get("learning_rate", 1e-3)),
-        "bf16": bool(training.get("bf16", False)) and torch.cuda.is_available(),
+        "bf16": bf16 or (bool(training.get("bf16", False)) and torch.cuda.is_available()),
+        "gpu": torch.cuda.is_available(),
         "settings": {
             "attention": "sdpa", "optim": "adamw_torch_fused", "workers": 0, "pad_to_multiple_of": pretrain.pad_to_multiple_of,
             "activation": pretrain.model.get("activation_function", "gelu_new"), "dropout": pretrain.model.get("resid_pdrop", 0.1),
-            "trainer_syncs": False, "pad_token_id": False,
+            "trainer_syncs": False, "pad_token_id": False, "fp32_outputs": False,
+            "micro_batch": training.get("per_device_train_batch_size", 8), "sdpa_backend": None,  # None: PyTorch picks
         },
     }
 
 
 # each setting of the defaults above against its alternative; the Trainer syncs are what the pretrain
-# stage turned off (Trainer's token count, the NaN/inf filter, blocking copies, a pad_token_id on the config)
+# stage turned off (Trainer's token count, the NaN/inf filter, blocking copies, a pad_token_id on the config);
+# fp32 outputs: accelerate's conversion of the logits to fp32 under bf16, which the stage drops
 VARIANTS = {
     "eager_attention": {"attention": "eager"},
     "unfused_adamw": {"optim": "adamw_torch"},
@@ -70,12 +77,23 @@ VARIANTS = {
     "dropout_0.1": {"dropout": 0.1},
     "trainer_syncs": {"trainer_syncs": True},
     "pad_token_id_on_config": {"pad_token_id": True},
+    "fp32_outputs": {"fp32_outputs": True},
+    "flash_attention": {"sdpa_backend": "FLASH_ATTENTION"},
+    "cudnn_attention": {"sdpa_backend": "CUDNN_ATTENTION"},
+    "efficient_attention": {"sdpa_backend": "EFFICIENT_ATTENTION"},
+    "micro_batch_32": {"micro_batch": 32},
+    "micro_batch_64": {"micro_batch": 64},
+}
+# variants that apply only with bf16 autocast, or only on a GPU (the SDPA kernels; micro-batches sized for its memory)
+NEEDS = {
+    "fp32_outputs": "bf16", "flash_attention": "gpu", "cudnn_attention": "gpu", "efficient_attention": "gpu",
+    "micro_batch_32": "gpu", "micro_batch_64": "gpu",
 }
 
 
 def variants_of(shape: dict, names: list[str] | None) -> dict[str, dict]:
     """The variants that change something in this recipe (all, or those named)."""
-    chosen = {name: VARIANTS[name] for name in (VARIANTS if names is None else names)}
+    chosen = {name: VARIANTS[name] for name in (VARIANTS if names is None else names) if shape.get(NEEDS.get(name), True)}
     return {name: change for name, change in chosen.items() if any(shape["settings"][k] != v for k, v in change.items())}
 
 
@@ -100,7 +118,7 @@ def plain_loop(shape: dict, rows: list[dict], warmup: int, device: torch.device,
         model = torch.compile(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=shape["learning_rate"], weight_decay=0.1, fused=True)
     loader = torch.utils.data.DataLoader(
-        rows, batch_size=shape["batch"], shuffle=True, collate_fn=causal_lm_batch, drop_last=True,
+        rows, batch_size=settings["micro_batch"], shuffle=True, collate_fn=causal_lm_batch, drop_last=True,
         pin_memory=device.type == "cuda", num_workers=settings["workers"], generator=torch.Generator().manual_seed(0),
     )
     logged = torch.zeros((), device=device)
@@ -145,24 +163,26 @@ def trainer_loop(shape: dict, rows: list[dict], warmup: int, device: torch.devic
         arguments = TrainingArguments(**{
             **base.fast_defaults(), "include_num_input_tokens_seen": "no", "dataloader_drop_last": True,
             **(syncs if settings["trainer_syncs"] else {}),
-            "output_dir": scratch, "max_steps": len(rows) // shape["batch"], "per_device_train_batch_size": shape["batch"],
+            "output_dir": scratch, "max_steps": len(rows) // settings["micro_batch"], "per_device_train_batch_size": settings["micro_batch"],
             "learning_rate": shape["learning_rate"], "weight_decay": 0.1, "max_grad_norm": 1.0, "bf16": shape["bf16"],
             "optim": settings["optim"], "dataloader_num_workers": settings["workers"], "report_to": [], "save_strategy": "no",
             "logging_steps": LOGGING_STEPS, "disable_tqdm": True, "torch_compile": shape["compile"], "seed": 0,
         })
-        trainer = Trainer(model=model, args=arguments, train_dataset=rows, data_collator=causal_lm_batch, callbacks=[clock])
+        callbacks = [clock] if settings["fp32_outputs"] else [clock, mixed_precision.HalfPrecisionOutputs()]
+        trainer = Trainer(model=model, args=arguments, train_dataset=rows, data_collator=causal_lm_batch, callbacks=callbacks)
         throughput.add_to(trainer, throughput.Throughput(sequence_length=shape["context"], skip_steps=warmup))
         trainer.train()
     return clock.seconds
 
 
-def timed(loop, *args) -> tuple[float, float]:
-    """(seconds, peak memory in GB) of one run of `loop`."""
-    device = args[3]
+def timed(loop, shape: dict, rows: list[dict], warmup: int, device: torch.device, settings: dict) -> tuple[float, float]:
+    """(seconds, peak memory in GB) of one run of `loop`, with only the settings' SDPA kernel allowed if it names one."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = loop(*args)
+    backend = settings["sdpa_backend"]
+    with sdpa_kernel(getattr(SDPBackend, backend)) if backend else contextlib.nullcontext():
+        seconds = loop(shape, rows, warmup, device, settings)
     return seconds, throughput.peak_memory_gb(device)
 
 
@@ -176,14 +196,40 @@ def git_commit() -> str | None:
     return head + ("+dirty" if dirty.strip() else "")
 
 
-def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool, variants: list[str] | None = None) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    shape = recipe_shape(recipe) | {"compile": compile}
-    defaults = shape["settings"]
+def random_rows(shape: dict, steps: int, batch: int) -> list[dict]:
+    """Enough full blocks of random token ids for `steps` batches of `batch`."""
     generator = torch.Generator().manual_seed(0)
-    blocks = torch.randint(0, shape["config"].vocab_size, ((steps + warmup) * shape["batch"], shape["context"]), generator=generator)
-    rows = [{"input_ids": block.tolist()} for block in blocks]
-    timed_tokens = steps * shape["batch"] * shape["context"]
+    blocks = torch.randint(0, shape["config"].vocab_size, (steps * batch, shape["context"]), generator=generator)
+    return [{"input_ids": block.tolist()} for block in blocks]
+
+
+def host_reads(recipe: Path, steps: int) -> dict:
+    """Tensor values read back to the host over the same `steps` (reading the loss and gradient norm every
+    LOGGING_STEPS) by the plain loop, by Trainer as the pretrain stage sets it up, and by Trainer with the
+    syncs the stage turns off: their count a step and by call site."""
+    shape = recipe_shape(recipe) | {"compile": False}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    defaults = shape["settings"]
+    rows = random_rows(shape, steps, defaults["micro_batch"])
+    loops = {
+        "plain": (plain_loop, defaults), "trainer": (trainer_loop, defaults),
+        "trainer_syncs": (trainer_loop, defaults | VARIANTS["trainer_syncs"]),
+    }
+    counted = {}
+    for name, (loop, settings) in loops.items():
+        with HostReads() as reads:
+            loop(shape, rows, 1, device, settings)
+        counted[name] = {"reads": reads.sites.total(), "per_step": round(reads.sites.total() / steps, 2), "sites": dict(reads.sites)}
+    return {"recipe": str(recipe), "steps": steps, "logging_steps": LOGGING_STEPS, **counted}
+
+
+def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool, variants: list[str] | None = None,
+             bf16: bool = False) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    shape = recipe_shape(recipe, bf16) | {"compile": compile}
+    defaults = shape["settings"]
+    rows = random_rows(shape, steps + warmup, defaults["micro_batch"])
+    timed_tokens = steps * defaults["micro_batch"] * shape["context"]
     with torch.device("meta"):
         shaped = fresh_model(shape, torch.device("meta"), defaults)
     flops_per_token = throughput.training_flops_per_token(shaped, shape["context"])
@@ -201,9 +247,19 @@ def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool,
     plain, library = median["plain_tokens_per_second"], median["trainer_tokens_per_second"]
     results = {}
     for name, change in variants_of(shape, variants).items():
-        speeds = [timed_tokens / timed(trainer_loop, shape, rows, warmup, device, defaults | change)[0] for _ in range(repeats)]
-        speed = statistics.median(speeds)
-        results[name] = {"trainer_tokens_per_second": round(speed, 1), "vs_default": round(speed / library, 3)}
+        settings = defaults | change
+        batch = settings["micro_batch"]
+        rows_of_variant = rows if batch == defaults["micro_batch"] else random_rows(shape, steps + warmup, batch)
+        try:
+            runs_of_variant = [timed(trainer_loop, shape, rows_of_variant, warmup, device, settings) for _ in range(repeats)]
+        except RuntimeError as err:  # a kernel that does not support these shapes or dropout, or out of memory
+            results[name] = {"error": str(err).splitlines()[0][:300]}
+            continue
+        speed = statistics.median(steps * batch * shape["context"] / seconds for seconds, _ in runs_of_variant)
+        results[name] = {
+            "trainer_tokens_per_second": round(speed, 1), "vs_default": round(speed / library, 3),
+            "peak_memory_gb": round(statistics.median(memory for _, memory in runs_of_variant), 3),
+        }
     mfu = (lambda tokens_per_second: round(flops_per_token * tokens_per_second / peak, 4) if peak else None)  # noqa: E731
     return {
         "recipe": str(recipe),
@@ -211,7 +267,7 @@ def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__},
         "commit": git_commit(),
         "parameters": parameters,
-        "batch": shape["batch"], "context": shape["context"], "bf16": shape["bf16"], "compile": compile,
+        "batch": defaults["micro_batch"], "context": shape["context"], "bf16": shape["bf16"], "compile": compile,
         "warmup_steps": warmup, "timed_steps": steps, "repeats": repeats, "settings": defaults,
         "plain_tokens_per_second": plain,
         "trainer_tokens_per_second": library,
@@ -237,8 +293,17 @@ def print_tables(results: dict) -> None:
         print(f"{'plain PyTorch':<24}{train['plain_tokens_per_second']:>12,.0f}{1.0:>8.2f}{mfu(train['plain_mfu'])}")
         print(f"{'Trainer (pretrain)':<24}{train['trainer_tokens_per_second']:>12,.0f}{train['trainer_vs_plain']:>8.2f}{mfu(train['trainer_mfu'])}")
         for name, variant in train["variants"].items():
-            print(f"{'  ' + name.replace('_', ' '):<24}{variant['trainer_tokens_per_second']:>12,.0f}{variant['vs_default']:>8.2f}  (vs Trainer defaults)")
+            if "error" in variant:
+                print(f"{'  ' + name.replace('_', ' '):<24}{'failed':>12}   {variant['error']}")
+            else:
+                print(f"{'  ' + name.replace('_', ' '):<24}{variant['trainer_tokens_per_second']:>12,.0f}{variant['vs_default']:>8.2f}"
+                      f"  (vs Trainer defaults), peak {variant['peak_memory_gb']:.2f}G")
         print(f"{'peak memory':<24}{train['plain_peak_memory_gb']:>11.2f}G (plain), {train['trainer_peak_memory_gb']:.2f}G (Trainer)")
+    if reads := results.get("host_reads"):
+        print(f"\ntensor values read back to the host, a step over {reads['steps']} steps (logging every {reads['logging_steps']}):")
+        for loop in ("plain", "trainer", "trainer_syncs"):
+            sites = ", ".join(f"{site} x{count}" for site, count in reads[loop]["sites"].items())
+            print(f"  {loop.replace('_', ' '):<16}{reads[loop]['per_step']:>6.2f}   {sites}")
     if tok := results.get("tokenizer_training"):
         print(f"\n{'BPE training':<24}{'MB/s':>12}{'ratio':>8}{'peak':>8}   {tok['text_mb']} MB, vocabulary {tok['vocab_size']}")
         print(f"{'sentencepiece':<24}{tok['sentencepiece_mb_per_second']:>12.2f}{1.0:>8.2f}{tok['sentencepiece_peak_memory_gb']:>7.2f}G")
@@ -257,12 +322,13 @@ def print_tables(results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="training,tokenizer,corpus,judge", help="what to measure, comma-separated; the others keep their figures in --output (default: %(default)s)")
+    parser.add_argument("--parts", default="training,host_reads,tokenizer,corpus,judge", help="what to measure, comma-separated; the others keep their figures in --output (default: %(default)s)")
     parser.add_argument("--recipe", type=Path, default=Path("recipes/tiny"), help="recipe folder whose pretrain model and corpus settings are measured (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="runs; the median is reported (default: %(default)s)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in both loops")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast in both loops, also on a CPU (default: the recipe's bf16, on a GPU only)")
     parser.add_argument("--variants", help="comma-separated variants to measure, empty for none (default: all that apply: " + ", ".join(VARIANTS) + ")")
     parser.add_argument("--tokenizer-mb", type=float, default=16, help="generated text both BPE trainers learn from (default: %(default)s)")
     parser.add_argument("--corpus-mb", default="64,1024", help="generated corpus sizes for the corpus stage, comma-separated (default: %(default)s)")
@@ -273,9 +339,11 @@ def main() -> None:
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     results = json.loads(args.output.read_text()) if args.output.is_file() else {}  # parts not measured keep their figures
+    if "host_reads" in parts:
+        results["host_reads"] = host_reads(args.recipe, args.steps)
     if "training" in parts:
         variants = None if args.variants is None else [name for name in args.variants.split(",") if name]
-        results["training"] = training(args.recipe, args.steps, args.warmup, args.repeats, args.compile, variants)
+        results["training"] = training(args.recipe, args.steps, args.warmup, args.repeats, args.compile, variants, args.bf16)
     if parts & {"tokenizer", "corpus"}:
         corpus = dataclasses.asdict(config.load(CorpusRecipe, args.recipe / "corpus.yaml"))
         recipe = corpus | {"num_proc": 1}  # one process: its memory is the peak

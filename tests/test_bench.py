@@ -21,10 +21,20 @@ def test_bench_times_both_loops_on_the_same_work_and_reports_their_ratio():
         assert variant["vs_default"] == pytest.approx(ratio, abs=2e-3), name
 
 
+def test_trainer_as_the_pretrain_stage_sets_it_up_reads_no_more_back_to_the_host_than_the_plain_loop():
+    counted = training.host_reads(REPO / "recipes" / "test", steps=20)
+    plain, trainer, syncs = (counted[loop]["reads"] for loop in ("plain", "trainer", "trainer_syncs"))
+    assert plain >= 20 // training.LOGGING_STEPS * 2  # the loss and the gradient norm at each logging step
+    assert trainer <= plain + 1  # Trainer reads its loss once more at the end of training
+    assert syncs >= trainer + 2 * 20  # what the stage turns off: the NaN/inf filter and the token count, every step
+
+
 def test_variants_that_change_nothing_in_a_recipe_are_left_out():
     shape = training.recipe_shape(REPO / "recipes" / "test")  # unpadded vocabulary, GPT2Config's dropout 0.1
     assert "unpadded_vocabulary" not in training.variants_of(shape, None)
     assert "dropout_0.1" not in training.variants_of(shape, None) and "no_dropout" in training.variants_of(shape, None)
+    assert "fp32_outputs" not in training.variants_of(shape, None)  # no mixed precision, nothing to convert
+    assert "fp32_outputs" in training.variants_of(training.recipe_shape(REPO / "recipes" / "test", bf16=True), None)
     book = training.recipe_shape(REPO / "recipes" / "gpt2-book")
     assert book["settings"]["pad_to_multiple_of"] == 64 and "unpadded_vocabulary" in training.variants_of(book, None)
 

@@ -18,7 +18,7 @@ from llmpipe.config import at_least, library_section
 from llmpipe.data import packing
 from llmpipe.errors import UserError
 from llmpipe.hub import cards
-from llmpipe.runtime import atomic, checkpoints, throughput
+from llmpipe.runtime import atomic, checkpoints, mixed_precision, throughput
 from llmpipe.stages import base
 
 SET_FROM_TOKENIZER = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -126,6 +126,7 @@ def main(args: argparse.Namespace) -> None:
             train_dataset=corpus["train"],
             eval_dataset={"train": train_eval, "validation": corpus["validation"]},
             data_collator=packing.causal_lm_batch,
+            callbacks=[mixed_precision.HalfPrecisionOutputs()],  # only the loss is read: no fp32 copy of the logits
         )
         throughput.add_to(trainer, timer := throughput.Throughput(sequence_length=context_length))
         if not recipe.score_only:
