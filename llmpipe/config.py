@@ -35,11 +35,9 @@ def at_least(minimum: int, default: Any) -> Any:
 
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
-    raw = inputs.read_bytes(path, "a recipe or params file: check the path, or the `recipe:` name in params.yaml")
+    text = inputs.read_text(path, "a recipe or params file: check the path, or the `recipe:` name in params.yaml")
     try:
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (byte offset {err.start}); save it as UTF-8") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""

@@ -96,6 +96,15 @@ def test_missing_file_and_bad_yaml_are_named(tmp_path):
     bad.write_text("model:\n  n_layer: [1\n")
     with pytest.raises(UserError, match=r"bad\.yaml:\d+: not valid YAML"):
         config.load(PretrainRecipe, bad)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("sample_prompt: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1\.yaml: not UTF-8 text \(byte offset 18: b'\\xe9"):
+        config.load(PretrainRecipe, latin1)
+
+
+def test_a_recipe_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+    (tmp_path / "bom.yaml").write_bytes(b"\xef\xbb\xbfsample_prompt: Hello\n")
+    assert config.load(PretrainRecipe, tmp_path / "bom.yaml").sample_prompt == "Hello"
 
 
 def test_nested_dataclasses_and_literals_are_checked(tmp_path):

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from llmpipe.data.documents import deduplicate, load, read_documents, read_text, split
+from llmpipe.data.documents import deduplicate, load, read_documents, split
+from llmpipe.inputs import read_text
 from llmpipe.errors import UserError
 from llmpipe.params import DataParams
 

@@ -78,8 +78,8 @@ def test_packed_scoring_gives_what_plain_forward_passes_give(tiny_model, tokeniz
     """Two prompts packed on their shared beginning, each with its copy of the trie, give every score's
     log-probability as a plain forward pass over the prompt and the score's tokens reads it."""
     prompts = [tuple(tokenizer(f"Score the answer {answer} from 0 to 100:")["input_ids"]) for answer in ("yes", "no way")]
-    packed = candidate_log_probs(tiny_model, prompts, score_trie(tokenizer, SCORES, reading),
-                                 starting_with_digit(tokenizer, tiny_model.config.vocab_size))
+    digit = starting_with_digit(tokenizer, tiny_model.config.vocab_size) if reading == "first_number" else None
+    packed = candidate_log_probs(tiny_model, prompts, score_trie(tokenizer, SCORES, reading), digit)
     begins_with_digit = torch.tensor([tokenizer.decode([i])[:1].isdigit() for i in range(len(tokenizer))])
     assert len({len(tokenizer(str(s), add_special_tokens=False)["input_ids"]) for s in SCORES}) > 1  # uneven splits
     for row, prompt in enumerate(prompts):

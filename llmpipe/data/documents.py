@@ -9,7 +9,6 @@ memory-mapped files. Memory holds a writer batch of documents, plus 8 bytes per 
 duplicates, never the corpus.
 """
 
-import codecs
 import glob
 import hashlib
 import unicodedata
@@ -66,35 +65,17 @@ def _expand(patterns: list[str]) -> list[Path]:
     return paths
 
 
-def _decode(raw: bytes, path: Path, offset: int) -> str:
-    """UTF-8 text; a byte-order mark at the start of a file (Windows editors write one) is dropped."""
-    if offset == 0 and raw.startswith(codecs.BOM_UTF8):
-        raw, offset = raw[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(
-            f"{path}: not UTF-8 text (byte offset {offset + err.start}: {raw[err.start:err.start + 4]!r}); "
-            "convert it, e.g. `iconv -f latin1 -t utf-8`"
-        ) from None
-
-
-def read_text(path: Path, setting: str) -> str:
-    """A UTF-8 file the user named in `setting` (checked by `inputs`)."""
-    return _decode(inputs.read_bytes(path, setting), Path(path), 0)
-
-
 def read_documents(path: Path, unit: str, setting: str = "params.yaml `data.files`") -> Iterator[str]:
     """One file -> documents, streamed: paragraphs (separated by blank lines), lines, or the whole file."""
     if unit == "files":
-        if text := read_text(path, setting).strip():
+        if text := inputs.read_text(path, setting).strip():
             yield text
         return
     paragraph: list[str] = []
     offset = 0
     with inputs.open_binary(path, setting) as handle:
         for raw in handle:  # a UTF-8 character never contains the byte \n, so lines split safely
-            line = _decode(raw, path, offset).rstrip("\r\n")
+            line = inputs.decode_utf8(raw, path, offset).rstrip("\r\n")
             offset += len(raw)
             if unit == "lines":
                 yield from (piece.strip() for piece in line.splitlines() if piece.strip())

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Literal
 
 from llmpipe.data import splits
-from llmpipe.data.documents import read_text
 from llmpipe.errors import UserError
+from llmpipe.inputs import read_text
 
 ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."

@@ -7,8 +7,8 @@ from pathlib import Path
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from llmpipe.data import splits
-from llmpipe.data.documents import read_text
 from llmpipe.errors import UserError
+from llmpipe.inputs import read_text
 
 LABELS = ["ham", "spam"]
 FEATURES = Features({"text": Value("string"), "label": ClassLabel(names=LABELS)})

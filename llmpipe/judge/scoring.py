@@ -106,12 +106,15 @@ def common_prefix(prompts: list[tuple[int, ...]]) -> int:
 
 
 @torch.inference_mode()
-def candidate_log_probs(model: PreTrainedModel, prompts: list[tuple[int, ...]], tree: Trie, digit: torch.Tensor) -> torch.Tensor:
+def candidate_log_probs(
+    model: PreTrainedModel, prompts: list[tuple[int, ...]], tree: Trie, digit: torch.Tensor | None = None,
+) -> torch.Tensor:
     """log P(candidate | prompt) for every prompt (rows) and candidate (columns), exactly as separate forward
     passes give them. One forward pass over one packed sequence, no padding: the shared beginning, then each
     prompt's remainder followed by its own copy of the trie. The attention mask lets a remainder see the
     shared beginning and itself, a node the same plus its ancestors; positions continue from the shared
-    beginning in every remainder, as if each prompt ran alone. `digit`: the tokens that begin with a digit."""
+    beginning in every remainder, as if each prompt ran alone. `digit`: the tokens that begin with a digit,
+    for a trie that reads where scores end (`ends_read`)."""
     device = model.device
     shared = common_prefix(prompts)
     nodes = len(tree.tokens)
@@ -144,6 +147,8 @@ def candidate_log_probs(model: PreTrainedModel, prompts: list[tuple[int, ...]], 
     steps, tokens = tree.steps.to(device), tree.steps_token.to(device)
     chosen = logits[:, steps, tokens] - normaliser[:, steps]  # [rows, candidates, tokens]
     written = (chosen * tree.steps_real.to(device)).sum(dim=-1)
+    if not tree.ends_read.any():
+        return written.cpu()
     # log P(the next token does not begin with a digit) = log(1 - P(digit))
     continues = torch.logsumexp(logits[..., digit.to(device)], dim=-1) - normaliser
     ended = torch.log(-torch.expm1(continues))[:, tree.ends.to(device)]

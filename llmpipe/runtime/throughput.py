@@ -104,8 +104,12 @@ class Throughput(TrainerCallback):
         self._started: float | None = None
         self._last_log = (0.0, 0, 0)  # seconds, tokens, steps at the previous logging step
 
+    def _counts(self, args) -> bool:
+        """Whether this callback counts the tokens (else Trainer does)."""
+        return self.sequence_length is not None and args.include_num_input_tokens_seen == "no"
+
     def _count_batch(self, args, state) -> None:
-        if self.sequence_length is not None and args.include_num_input_tokens_seen == "no":  # else Trainer counts
+        if self._counts(args):
             state.num_input_tokens_seen += args.train_batch_size * args.world_size * self.sequence_length
 
     def on_step_begin(self, args, state, control, **kwargs):
@@ -121,9 +125,8 @@ class Throughput(TrainerCallback):
     def on_epoch_end(self, args, state, control, train_dataloader=None, **kwargs):
         """One process's last batch of an epoch is short unless the data divides (several processes get
         even batches from accelerate): take back what `_count_batch` counted as full."""
-        counting = self.sequence_length is not None and args.include_num_input_tokens_seen == "no"
         completed = abs(state.epoch - round(state.epoch)) < 1e-9  # not stopped part-way by max_steps
-        if counting and completed and args.world_size == 1 and not args.dataloader_drop_last:
+        if self._counts(args) and completed and args.world_size == 1 and not args.dataloader_drop_last:
             short = len(train_dataloader) * args.train_batch_size - len(train_dataloader.dataset)
             state.num_input_tokens_seen -= short * self.sequence_length
 
