@@ -11,6 +11,7 @@ def test_bench_times_both_loops_on_the_same_work_and_reports_their_ratio():
     (run,) = result["runs"]
     assert run["plain_tokens_per_second"] > 0 and run["trainer_tokens_per_second"] > 0
     assert result["trainer_vs_plain"] == pytest.approx(run["trainer_tokens_per_second"] / run["plain_tokens_per_second"], abs=2e-3)
+    assert result["trainer_vs_plain_paired"] == pytest.approx(result["trainer_vs_plain"], abs=2e-3)  # one run: one pair
     assert result["context"] == 32 and result["batch"] == 8 and result["warmup_steps"] == 1
     assert result["flops_per_token"] > result["llmc_flops_per_token"] > 6 * result["parameters"]  # plus attention
     assert 0 < result["trainer_mfu"] and result["trainer_peak_memory_gb"] > 0 and result["plain_peak_memory_gb"] > 0
