@@ -77,7 +77,7 @@ def test_init_from_with_another_tokenizer_is_refused(tiny_model, tokenizer, verd
         build_model(PretrainRecipe(init_from=str(tmp_path)), other, 32, tmp_path)
 
 
-def test_score_only_scores_a_local_folder_as_it_is_and_saves_the_same_weights(inside, tmp_path):
+def test_score_only_scores_a_local_folder_as_it_is_and_saves_the_same_weights(inside, tmp_path, capsys):
     """Book ch5.5: the weights of a folder (here the pretrain stage's own) loaded and scored, not trained:
     its validation loss is the one the training run reported, and the weights come out unchanged."""
     import json
@@ -95,5 +95,22 @@ def test_score_only_scores_a_local_folder_as_it_is_and_saves_the_same_weights(in
     scored = json.loads((tmp_path / "m.json").read_text())
     assert scored["steps"] == 0 and scored["val_loss"] == pytest.approx(trained["val_loss"], abs=1e-3)
     assert scored["initial_val_loss"] == scored["val_loss"]
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"{out}: scored as it is, val loss {scored['val_loss']:.3f} (perplexity" in summary
     before, after = load_file(inside / "artifacts/pretrain/model.safetensors"), load_file(out / "model.safetensors")
     assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_summary_line_names_the_folder_the_speed_and_the_loss_change_once(inside, tmp_path, capsys):
+    import json
+
+    from llmpipe import cli
+
+    code = cli.main(["pretrain", "--set", "training.max_steps=2", "--output", str(tmp_path / "out"), "--metrics",
+                     str(tmp_path / "m.json"), "--plots", str(tmp_path / "p.csv"), "--checkpoints", str(tmp_path / "checkpoints")])
+    assert code == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("pretrain: ") and f"-> {tmp_path / 'out'}: {metrics['tokens_per_second']:.0f} tokens/s" in summary
+    assert summary.count("val loss") == 1
+    assert f"val loss {metrics['initial_val_loss']:.3f} -> {metrics['val_loss']:.3f} (perplexity" in summary

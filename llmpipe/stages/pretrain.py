@@ -159,12 +159,14 @@ def main(args: argparse.Namespace) -> None:
         job.tracker.log_text(f"{recipe.sample_prompt}{sample}\n", "sample.txt")
         job.tracker.log_artifact(args.plots, "plots")
         job.tracker.register_model(args.output, "text-generation", card)
-        trained = "scored as it is, " if recipe.score_only else (
-            f"{metrics['tokens_per_second']:.0f} tokens/s{throughput.mfu_text(metrics)}, val loss {metrics['initial_val_loss']:.3f} -> "
-        )
+        if recipe.score_only:
+            trained, losses = "scored as it is", f"val loss {metrics['val_loss']:.3f}"
+        else:
+            trained = f"{metrics['tokens_per_second']:.0f} tokens/s{throughput.mfu_text(metrics)}"
+            losses = f"val loss {metrics['initial_val_loss']:.3f} -> {metrics['val_loss']:.3f}"
         job.finish(
             metrics,
-            f"{metrics['parameters'] / 1e6:.2f}M-parameter {model.config.model_type} -> {Path(args.output)}: {trained}val loss "
-            f"{metrics['val_loss']:.3f} (perplexity {metrics['val_perplexity']:.1f}); sample: {sample.strip()[:60]!r}",
+            f"{metrics['parameters'] / 1e6:.2f}M-parameter {model.config.model_type} -> {Path(args.output)}: {trained}, {losses} "
+            f"(perplexity {metrics['val_perplexity']:.1f}); sample: {sample.strip()[:60]!r}",
         )
         checkpoints.mark_finished(args.checkpoints)
