@@ -151,6 +151,47 @@ def assert_refused(code: int, err: str, *culprits: str) -> None:
         assert culprit in err, f"{culprit!r} not in {err!r}"
 
 
+def run_classify(tmp_path: Path, *args: str) -> tuple[int, dict]:
+    """`llmpipe classify` in-process (run from a workspace) writing into `tmp_path`: its exit code and metrics."""
+    import json
+
+    from llmpipe import cli
+
+    code = cli.main(["classify", *args, "--output", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json"),
+                     "--checkpoints", str(tmp_path / "checkpoints")])
+    return code, json.loads((tmp_path / "m.json").read_text()) if code == 0 else {}
+
+
+def reloaded_test_accuracy(workspace: Path, folder: Path) -> tuple[float, int]:
+    """The test accuracy a user gets from a saved classifier with stock loaders (`pipeline()` on a model
+    folder, `AutoPeftModelForSequenceClassification` on an adapter) on the split the classify stage tests
+    on, and that split's size."""
+    import torch
+    from peft import AutoPeftModelForSequenceClassification
+    from transformers import AutoTokenizer, pipeline
+
+    from llmpipe import config
+    from llmpipe.data.spam import LABELS, balanced_splits, read_messages
+    from llmpipe.stages.classify import ClassifyRecipe
+
+    recipe = config.load(ClassifyRecipe, workspace / "recipes/test/classify.yaml")
+    test_split = balanced_splits(read_messages(workspace / "data/sms_spam/SMSSpamCollection"), recipe.split)["test"]
+    texts = list(test_split["text"])
+    if (folder / "adapter_config.json").exists():
+        model = AutoPeftModelForSequenceClassification.from_pretrained(str(folder)).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        model.config.pad_token_id = tokenizer.pad_token_id
+        encoded = tokenizer(texts, padding=True, truncation=True, max_length=recipe.max_length, return_tensors="pt")
+        with torch.no_grad():
+            predicted = model(**encoded).logits.argmax(-1).tolist()
+    else:
+        classifier = pipeline("text-classification", model=str(folder))
+        results = classifier(texts, truncation=True, max_length=recipe.max_length, batch_size=64)
+        predicted = [LABELS.index(result["label"]) for result in results]
+    correct = sum(p == truth for p, truth in zip(predicted, test_split["label"]))
+    return correct / len(texts), len(texts)
+
+
 def staging_leftovers(folder: Path) -> list[Path]:
     """Half-written outputs: atomic staging folders or files left beside the outputs."""
     return [path for path in folder.rglob(".*") if any(mark in path.name for mark in (".tmp-", ".old-", ".work-"))]

@@ -5,66 +5,39 @@ stage's own test accuracy. The gathering stage tables them."""
 import json
 
 import pytest
-import torch
 import yaml
-from peft import AutoPeftModelForSequenceClassification
-from transformers import AutoTokenizer, pipeline
 
-from llmpipe import cli, config
-from llmpipe.data.spam import LABELS, balanced_splits, read_messages
-from llmpipe.stages.classify import ClassifyRecipe
-from tests.conftest import REPO, assert_refused
+from llmpipe import cli
+from tests.conftest import REPO, assert_refused, reloaded_test_accuracy, run_classify
 
 METHODS = yaml.safe_load((REPO / "recipes/test/adaptation.yaml").read_text())["methods"]
 
 
-def classify(tmp_path, *args: str) -> tuple[int, dict]:
-    code = cli.main(["classify", *args, "--output", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json"),
-                     "--checkpoints", str(tmp_path / "checkpoints")])
-    return code, json.loads((tmp_path / "m.json").read_text()) if code == 0 else {}
-
-
-def predictions(folder, texts: list[str], max_length: int) -> list[int]:
-    """Labels as users get them: `pipeline()` on a model folder, `AutoPeftModelForSequenceClassification` on an adapter."""
-    if not (folder / "adapter_config.json").exists():
-        classifier = pipeline("text-classification", model=str(folder))
-        return [LABELS.index(r["label"]) for r in classifier(texts, truncation=True, max_length=max_length, batch_size=64)]
-    model = AutoPeftModelForSequenceClassification.from_pretrained(str(folder)).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    with torch.no_grad():
-        return model(**encoded).logits.argmax(-1).tolist()
-
-
 @pytest.mark.parametrize("method", list(METHODS))
 def test_each_method_trains_its_share_and_reloads_with_the_reported_test_accuracy(inside, tmp_path, method):
-    code, reported = classify(tmp_path, "--set-from", f"recipes/test/adaptation.yaml:methods.{method}")
+    code, reported = run_classify(tmp_path, "--set-from", f"recipes/test/adaptation.yaml:methods.{method}")
     assert code == 0
     assert reported["trainable"] == METHODS[method]["trainable"]
     assert 0 < reported["trainable_parameters"] <= reported["total_parameters"]
     assert (reported["trainable_fraction"] == 1.0) == (method == "all")
-    recipe = config.load(ClassifyRecipe, inside / "recipes/test/classify.yaml")
-    test_split = balanced_splits(read_messages(inside / "data/sms_spam/SMSSpamCollection"), recipe.split)["test"]
-    predicted = predictions(tmp_path / "out", list(test_split["text"]), recipe.max_length)
-    correct = sum(p == truth for p, truth in zip(predicted, test_split["label"]))
-    assert correct / len(test_split) == pytest.approx(reported["test_accuracy"], abs=1 / len(test_split))
+    accuracy, messages = reloaded_test_accuracy(inside, tmp_path / "out")
+    assert accuracy == pytest.approx(reported["test_accuracy"], abs=1 / messages)
 
 
 def test_prefix_tuning_is_refused_with_the_reason_while_peft_passes_past_key_values(inside, tmp_path, capsys):
-    code, _ = classify(tmp_path, "--set", "trainable=prefix_tuning")
+    code, _ = run_classify(tmp_path, "--set", "trainable=prefix_tuning")
     assert_refused(code, capsys.readouterr().err, "prefix_tuning", "past_key_values", "use prompt_tuning")
 
 
 def test_a_method_name_missing_from_the_changes_file_is_named(inside, tmp_path, capsys):
-    code, _ = classify(tmp_path, "--set-from", "recipes/test/adaptation.yaml:methods.adapters")
+    code, _ = run_classify(tmp_path, "--set-from", "recipes/test/adaptation.yaml:methods.adapters")
     assert_refused(code, capsys.readouterr().err, "recipes/test/adaptation.yaml", "methods.adapters", "probe")
 
 
 def test_a_bad_key_in_a_methods_changes_names_both_files(inside, tmp_path, capsys):
     changes = tmp_path / "adaptation.yaml"
     changes.write_text("methods:\n  probe: {trainable: probe, training: {learning_rat: 0.1}}\n")
-    code, _ = classify(tmp_path, "--set-from", f"{changes}:methods.probe")
+    code, _ = run_classify(tmp_path, "--set-from", f"{changes}:methods.probe")
     assert_refused(code, capsys.readouterr().err, "classify.yaml", str(changes), "training.learning_rat", "learning_rate")
 
 

@@ -1,15 +1,11 @@
-import json
 
 import pytest
 import torch
 from peft import PeftModel
-from transformers import pipeline
 
-from llmpipe import cli, config
 from llmpipe.artifacts import parameter_counts
-from llmpipe.data.spam import LABELS, balanced_splits, read_messages
-from llmpipe.stages.classify import ClassifyRecipe, select_trainable
-from tests.conftest import run_cli
+from llmpipe.stages.classify import select_trainable
+from tests.conftest import reloaded_test_accuracy, run_classify, run_cli
 
 
 def classifier(tiny_model, tokenizer, tmp_path):
@@ -59,15 +55,9 @@ def test_classify_text_prints_label_and_probability_per_text(tiny_model, tokeniz
 
 @pytest.mark.parametrize("trainable", ["all", "last_block"])
 def test_a_saved_classifier_reloads_with_pipeline_and_scores_what_the_stage_reported(inside, tmp_path, trainable):
-    out, metrics = tmp_path / "classify", tmp_path / "classify.json"
-    code = cli.main(["classify", "--set", f"trainable={trainable}", "--output", str(out), "--metrics", str(metrics),
-                     "--checkpoints", str(tmp_path / "checkpoints")])
+    code, reported = run_classify(tmp_path, "--set", f"trainable={trainable}")
     assert code == 0
-    reported = json.loads(metrics.read_text())
-    recipe = config.load(ClassifyRecipe, inside / "recipes/test/classify.yaml")
-    test_split = balanced_splits(read_messages(inside / "data/sms_spam/SMSSpamCollection"), recipe.split)["test"]
-    classifier = pipeline("text-classification", model=str(out))
-    predicted = [r["label"] for r in classifier(list(test_split["text"]), truncation=True, max_length=recipe.max_length, batch_size=64)]
-    correct = sum(label == LABELS[truth] for label, truth in zip(predicted, test_split["label"]))
-    assert correct / len(test_split) == pytest.approx(reported["test_accuracy"], abs=1 / len(test_split))
-    assert not (out / "adapter").exists()  # a full model folder, loadable without PEFT
+    out = tmp_path / "out"
+    assert not (out / "adapter_config.json").exists() and not (out / "adapter").exists()  # a full model: no PEFT needed
+    accuracy, messages = reloaded_test_accuracy(inside, out)  # read back with pipeline()
+    assert accuracy == pytest.approx(reported["test_accuracy"], abs=1 / messages)
