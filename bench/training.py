@@ -203,11 +203,11 @@ def random_rows(shape: dict, steps: int, batch: int) -> list[dict]:
     return [{"input_ids": block.tolist()} for block in blocks]
 
 
-def host_reads(recipe: Path, steps: int) -> dict:
+def host_reads(recipe: Path, steps: int, compile: bool = False) -> dict:
     """Tensor values read back to the host over the same `steps` (reading the loss and gradient norm every
     LOGGING_STEPS) by the plain loop, by Trainer as the pretrain stage sets it up, and by Trainer with the
     syncs the stage turns off: their count a step and by call site."""
-    shape = recipe_shape(recipe) | {"compile": False}
+    shape = recipe_shape(recipe) | {"compile": compile}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     defaults = shape["settings"]
     rows = random_rows(shape, steps, defaults["micro_batch"])
@@ -220,7 +220,7 @@ def host_reads(recipe: Path, steps: int) -> dict:
         with HostReads() as reads:
             loop(shape, rows, 1, device, settings)
         counted[name] = {"reads": reads.sites.total(), "per_step": round(reads.sites.total() / steps, 2), "sites": dict(reads.sites)}
-    return {"recipe": str(recipe), "steps": steps, "logging_steps": LOGGING_STEPS, **counted}
+    return {"recipe": str(recipe), "compile": compile, "steps": steps, "logging_steps": LOGGING_STEPS, **counted}
 
 
 def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool, variants: list[str] | None = None,
@@ -303,7 +303,8 @@ def print_tables(results: dict) -> None:
                       f"  (vs Trainer defaults), peak {variant['peak_memory_gb']:.2f}G")
         print(f"{'peak memory':<24}{train['plain_peak_memory_gb']:>11.2f}G (plain), {train['trainer_peak_memory_gb']:.2f}G (Trainer)")
     if reads := results.get("host_reads"):
-        print(f"\ntensor values read back to the host, a step over {reads['steps']} steps (logging every {reads['logging_steps']}):")
+        compiled = ", compiled" if reads.get("compile") else ""
+        print(f"\ntensor values read back to the host, a step over {reads['steps']} steps (logging every {reads['logging_steps']}{compiled}):")
         for loop in ("plain", "trainer", "trainer_syncs"):
             sites = ", ".join(f"{site} x{count}" for site, count in reads[loop]["sites"].items())
             print(f"  {loop.replace('_', ' '):<16}{reads[loop]['per_step']:>6.2f}   {sites}")
@@ -343,7 +344,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     results = json.loads(args.output.read_text()) if args.output.is_file() else {}  # parts not measured keep their figures
     if "host_reads" in parts:
-        results["host_reads"] = host_reads(args.recipe, args.steps)
+        results["host_reads"] = host_reads(args.recipe, args.steps, args.compile)
     if "training" in parts:
         variants = None if args.variants is None else [name for name in args.variants.split(",") if name]
         results["training"] = training(args.recipe, args.steps, args.warmup, args.repeats, args.compile, variants, args.bf16)
