@@ -1,8 +1,8 @@
 """`make bench`: the pretrain stage's training loop (transformers `Trainer`, with the stage's defaults and
 its Throughput callback) against a plain PyTorch loop training the same `GPT2LMHeadModel` on the same
 batches, in the same process, alike in all but the framework: the same rows through the same collator
-and DataLoader settings, the same loss call, no KV cache, the loss and gradient norm read back at the same
-logging steps, both compiled or neither. Tokens/s by wall clock over the same steps, their ratio, MFU and
+and DataLoader settings, the same loss call and learning-rate schedule, no KV cache, the loss and gradient
+norm read back at the same logging steps, both compiled or neither. Tokens/s by wall clock over the same steps, their ratio, MFU and
 peak memory, each the median of several runs; then each fast default against its alternative (variants).
 With `host_reads`: the tensor values each loop reads back to the host (a GPU sync each), by call site.
 With `data_stages`: tokenizer training against sentencepiece, and the corpus stage on corpora up to a
@@ -112,7 +112,8 @@ def fresh_model(shape: dict, device: torch.device, settings: dict) -> GPT2LMHead
 
 
 def plain_loop(shape: dict, rows: list[dict], warmup: int, device: torch.device, settings: dict) -> float:
-    """Seconds for the timed steps of the textbook loop: forward, backward, clip, AdamW step."""
+    """Seconds for the timed steps of the textbook loop: forward, backward, clip, AdamW step, learning-rate
+    step (Trainer's default schedule, linear decay)."""
     model = fresh_model(shape, device, settings).train()
     if shape["compile"]:
         model = torch.compile(model)
@@ -121,6 +122,7 @@ def plain_loop(shape: dict, rows: list[dict], warmup: int, device: torch.device,
         rows, batch_size=settings["micro_batch"], shuffle=True, collate_fn=causal_lm_batch, drop_last=True,
         pin_memory=device.type == "cuda", num_workers=settings["workers"], generator=torch.Generator().manual_seed(0),
     )
+    schedule = transformers.get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=len(loader))
     logged = torch.zeros((), device=device)
     for step, batch in enumerate(loader, start=1):
         batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
@@ -130,6 +132,7 @@ def plain_loop(shape: dict, rows: list[dict], warmup: int, device: torch.device,
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad(set_to_none=True)
         logged += loss.detach()
         if step == warmup:
