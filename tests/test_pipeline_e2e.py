@@ -93,6 +93,9 @@ def test_evaluate_judges_every_test_example_of_every_model(repo):
     assert sorted(r.info.run_name for r in evaluations) == sorted(f"evaluate: {m}" for m in EVALUATED)
     assert all(r.data.metrics["judge_score/mean"] == pytest.approx(metrics[r.data.tags["llmpipe.model"]]["judge_mean"], abs=1e-3)
                for r in evaluations)  # the metrics JSON rounds to 3 decimals
+    for run in evaluations:  # one trace per judged answer, each with its score: none dropped
+        traces = client.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id, max_results=100)
+        assert len(traces) == 6 and all(any(a.name == "judge_score" for a in t.info.assessments) for t in traces)
     assert 0 <= metrics["validity"]["auc"] <= 1 and metrics["validity"]["pairs"] == 6
 
 
