@@ -22,6 +22,16 @@ def test_bench_times_both_loops_on_the_same_work_and_reports_their_ratio():
         assert variant["vs_default"] == pytest.approx(ratio, abs=2e-3), name
 
 
+def test_a_variant_that_cannot_run_is_recorded_with_its_error_and_a_micro_batch_variant_gets_its_own_batches(monkeypatch):
+    for name in ("cudnn_attention", "micro_batch_32"):  # GPU variants, tried on the CPU
+        monkeypatch.setitem(training.NEEDS, name, None)
+    result = training.training(REPO / "recipes" / "test", steps=2, warmup=1, repeats=1, compile=False,
+                               variants=["cudnn_attention", "micro_batch_32"])
+    assert "No viable backend" in result["variants"]["cudnn_attention"]["error"]  # no cuDNN kernel on a CPU
+    # the run went on past the failure; the default's rows (3 batches of 8) would give no step of 32
+    assert result["variants"]["micro_batch_32"]["trainer_tokens_per_second"] > 0
+
+
 def test_trainer_as_the_pretrain_stage_sets_it_up_reads_no_more_back_to_the_host_than_the_plain_loop():
     counted = training.host_reads(REPO / "recipes" / "test", steps=20)
     plain, trainer, syncs = (counted[loop]["reads"] for loop in ("plain", "trainer", "trainer_syncs"))
