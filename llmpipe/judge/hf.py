@@ -32,8 +32,8 @@ class HfJudge:
         )
         self.trie = scoring.score_trie(self.tokenizer, base.SCORES, settings.reading)
         vocabulary = self.model.get_output_embeddings().weight.shape[0]
-        # only `first_number` reads where a score ends by the next token's first character
-        self.digit = scoring.starting_with_digit(self.tokenizer, vocabulary) if settings.reading == "first_number" else None
+        # needed only where the trie reads a score's end by the next token's first character (`first_number`)
+        self.digit = scoring.starting_with_digit(self.tokenizer, vocabulary) if self.trie.ends_read.any() else None
 
     def prompt_ids(self, request: str, reference: str, response: str) -> tuple[tuple[int, ...], int]:
         """The prompt's tokens and how many were dropped from its start: a prompt longer than the judge's
