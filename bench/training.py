@@ -227,7 +227,10 @@ def host_reads(recipe: Path, steps: int, compile: bool = False) -> dict:
 
 
 def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool, variants: list[str] | None = None,
-             bf16: bool = False) -> dict:
+             bf16: bool = False, budget_s: float | None = None) -> dict:
+    """Both loops on the recipe's model, then each variant under Trainer; a variant not started within
+    `budget_s` seconds of the start is recorded as skipped (a device lent for minutes still gets a result)."""
+    begun = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shape = recipe_shape(recipe, bf16) | {"compile": compile}
     defaults = shape["settings"]
@@ -250,6 +253,9 @@ def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool,
     plain, library = median["plain_tokens_per_second"], median["trainer_tokens_per_second"]
     results = {}
     for name, change in variants_of(shape, variants).items():
+        if budget_s is not None and time.perf_counter() - begun > budget_s:
+            results[name] = {"error": f"skipped: the run passed its budget of {budget_s:.0f} s"}
+            continue
         settings = defaults | change
         batch = settings["micro_batch"]
         rows_of_variant = rows if batch == defaults["micro_batch"] else random_rows(shape, steps + warmup, batch)
@@ -336,6 +342,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs; the median is reported (default: %(default)s)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in both loops")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast in both loops, also on a CPU (default: the recipe's bf16, on a GPU only)")
+    parser.add_argument("--budget", type=float, help="seconds after which part training starts no more variants; those left are recorded as skipped (default: no limit)")
     parser.add_argument("--variants", help="comma-separated variants to measure, empty for none (default: all that apply: " + ", ".join(VARIANTS) + ")")
     parser.add_argument("--tokenizer-mb", type=float, default=16, help="generated text both BPE trainers learn from (default: %(default)s)")
     parser.add_argument("--corpus-mb", default="64,1024", help="generated corpus sizes for the corpus stage, comma-separated (default: %(default)s)")
@@ -350,7 +357,7 @@ def main() -> None:
         results["host_reads"] = host_reads(args.recipe, args.steps, args.compile)
     if "training" in parts:
         variants = None if args.variants is None else [name for name in args.variants.split(",") if name]
-        results["training"] = training(args.recipe, args.steps, args.warmup, args.repeats, args.compile, variants, args.bf16)
+        results["training"] = training(args.recipe, args.steps, args.warmup, args.repeats, args.compile, variants, args.bf16, args.budget)
     if parts & {"tokenizer", "corpus"}:
         corpus = dataclasses.asdict(config.load(CorpusRecipe, args.recipe / "corpus.yaml"))
         recipe = corpus | {"num_proc": 1}  # one process: its memory is the peak

@@ -32,6 +32,12 @@ def test_a_variant_that_cannot_run_is_recorded_with_its_error_and_a_micro_batch_
     assert result["variants"]["micro_batch_32"]["trainer_tokens_per_second"] > 0
 
 
+def test_variants_past_the_time_budget_are_recorded_as_skipped_and_the_loops_still_measured():
+    result = training.training(REPO / "recipes" / "test", steps=2, warmup=1, repeats=1, compile=False, variants=["no_dropout"], budget_s=0)
+    assert result["trainer_tokens_per_second"] > 0
+    assert result["variants"] == {"no_dropout": {"error": "skipped: the run passed its budget of 0 s"}}
+
+
 def test_trainer_as_the_pretrain_stage_sets_it_up_reads_no_more_back_to_the_host_than_the_plain_loop():
     counted = training.host_reads(REPO / "recipes" / "test", steps=20)
     plain, trainer, syncs = (counted[loop]["reads"] for loop in ("plain", "trainer", "trainer_syncs"))
