@@ -190,12 +190,15 @@ def timed(loop, shape: dict, rows: list[dict], warmup: int, device: torch.device
 
 
 def git_commit() -> str | None:
-    """HEAD of the checkout (with "+dirty" for uncommitted changes), or $BENCH_COMMIT in a copy without git."""
+    """$BENCH_COMMIT where set (a copy of the tree whose git does not know its commit, as on a lent GPU machine),
+    else HEAD of the checkout, with "+dirty" for uncommitted changes."""
+    if named := os.environ.get("BENCH_COMMIT"):
+        return named
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("BENCH_COMMIT")
+        return None
     return head + ("+dirty" if dirty.strip() else "")
 
 
