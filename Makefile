@@ -39,9 +39,9 @@ bench: install
 # the gpt2-book recipe on one GPU, eager and compiled, each fast default against its alternative (SDPA kernels and
 # micro-batches too), and the tensor values each loop reads back to the host
 GPU_BENCH := python -m bench.training --recipe recipes/gpt2-book --steps 50 --warmup 10 --repeats 3
-GPU_VARIANTS := trainer_syncs,fp32_outputs,unpadded_vocabulary,no_dropout,flash_attention,cudnn_attention,efficient_attention,micro_batch_32
+GPU_VARIANTS := trainer_syncs,fp32_outputs,unpadded_vocabulary,no_dropout,flash_attention,cudnn_attention,efficient_attention,micro_batch_16,micro_batch_64
 bench-gpu: install
-	$(GPU_BENCH) --parts training,host_reads --variants $(GPU_VARIANTS),gelu_new,eager_attention,micro_batch_64 --output bench/gpu-gpt2-book.json
+	$(GPU_BENCH) --parts training,host_reads --variants $(GPU_VARIANTS),gelu_new,eager_attention --output bench/gpu-gpt2-book.json
 	$(GPU_BENCH) --parts training,host_reads --compile --variants $(GPU_VARIANTS) --output bench/gpu-gpt2-book-compile.json
 
 ui: install

@@ -81,13 +81,14 @@ VARIANTS = {
     "flash_attention": {"sdpa_backend": "FLASH_ATTENTION"},
     "cudnn_attention": {"sdpa_backend": "CUDNN_ATTENTION"},
     "efficient_attention": {"sdpa_backend": "EFFICIENT_ATTENTION"},
+    "micro_batch_16": {"micro_batch": 16},
     "micro_batch_32": {"micro_batch": 32},
     "micro_batch_64": {"micro_batch": 64},
 }
 # variants that apply only with bf16 autocast, or only on a GPU (the SDPA kernels; micro-batches sized for its memory)
 NEEDS = {
     "fp32_outputs": "bf16", "flash_attention": "gpu", "cudnn_attention": "gpu", "efficient_attention": "gpu",
-    "micro_batch_32": "gpu", "micro_batch_64": "gpu",
+    "micro_batch_16": "gpu", "micro_batch_32": "gpu", "micro_batch_64": "gpu",
 }
 
 
