@@ -246,14 +246,18 @@ def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool,
     parameters = sum(p.numel() for p in shaped.parameters())
     peak, source = throughput.device_peak(device)
     runs = []
-    for _ in range(repeats):
-        plain, plain_memory = timed(plain_loop, shape, rows, warmup, device, defaults)
-        library, library_memory = timed(trainer_loop, shape, rows, warmup, device, defaults)
+    for repeat in range(repeats):
+        # every other run times Trainer first, so a drift within the process (GPU clocks and heat, allocator,
+        # compile caches) favours neither loop
+        order = (plain_loop, trainer_loop) if repeat % 2 == 0 else (trainer_loop, plain_loop)
+        measured = {loop: timed(loop, shape, rows, warmup, device, defaults) for loop in order}
+        (plain, plain_memory), (library, library_memory) = measured[plain_loop], measured[trainer_loop]
         runs.append({
+            "first": "plain" if order[0] is plain_loop else "trainer",
             "plain_tokens_per_second": round(timed_tokens / plain, 1), "trainer_tokens_per_second": round(timed_tokens / library, 1),
             "plain_peak_memory_gb": round(plain_memory, 3), "trainer_peak_memory_gb": round(library_memory, 3),
         })
-    median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    median = {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "first"}
     plain, library = median["plain_tokens_per_second"], median["trainer_tokens_per_second"]
     results = {}
     for name, change in variants_of(shape, variants).items():
