@@ -5,9 +5,12 @@ step cannot queue work ahead of the GPU. The count needs no GPU: the same Python
 import collections
 import os
 import traceback
+from pathlib import Path
 
 import torch
 from torch.overrides import TorchFunctionMode
+
+from bench import loops
 
 READS = {
     torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.tolist, torch.Tensor.__int__, torch.Tensor.__float__,
@@ -34,3 +37,23 @@ class HostReads(TorchFunctionMode):
                 path = caller.filename.split("site-packages/")[-1] if installed else os.path.relpath(caller.filename)
                 self.sites[f"{path}:{caller.lineno}"] += 1
         return func(*args, **(kwargs or {}))
+
+
+def measure(recipe: Path, steps: int, compile: bool = False) -> dict:
+    """Tensor values read back to the host over the same `steps` (reading the loss and gradient norm every
+    loops.LOGGING_STEPS) by the plain loop, by Trainer as the pretrain stage sets it up, and by Trainer with the
+    syncs the stage turns off: their count a step and by call site."""
+    shape = loops.recipe_shape(recipe) | {"compile": compile}
+    device = loops.default_device()
+    defaults = shape["settings"]
+    rows = loops.random_rows(shape, steps, defaults["micro_batch"])
+    measured = {
+        "plain": (loops.plain_loop, defaults), "trainer": (loops.trainer_loop, defaults),
+        "trainer_syncs": (loops.trainer_loop, defaults | loops.VARIANTS["trainer_syncs"]),
+    }
+    counted = {}
+    for name, (loop, settings) in measured.items():
+        with HostReads() as reads:
+            loop(shape, rows, 1, device, settings)
+        counted[name] = {"reads": reads.sites.total(), "per_step": round(reads.sites.total() / steps, 2), "sites": dict(reads.sites)}
+    return {"recipe": str(recipe), "compile": compile, "steps": steps, "logging_steps": loops.LOGGING_STEPS, **counted}

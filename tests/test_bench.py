@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from bench import data_stages, training
+from bench import data_stages, host_reads, loops, profiling, training
 from tests.conftest import REPO
 
 
@@ -24,7 +24,7 @@ def test_bench_times_both_loops_on_the_same_work_and_reports_their_ratio():
 
 def test_a_variant_that_cannot_run_is_recorded_with_its_error_and_a_micro_batch_variant_gets_its_own_batches(monkeypatch):
     for name in ("cudnn_attention", "micro_batch_32"):  # GPU variants, tried on the CPU
-        monkeypatch.setitem(training.NEEDS, name, None)
+        monkeypatch.setitem(loops.NEEDS, name, None)
     result = training.training(REPO / "recipes" / "test", steps=2, warmup=1, repeats=1, compile=False,
                                variants=["cudnn_attention", "micro_batch_32"])
     assert "No viable backend" in result["variants"]["cudnn_attention"]["error"]  # no cuDNN kernel on a CPU
@@ -40,21 +40,33 @@ def test_variants_past_the_time_budget_are_recorded_as_skipped_and_the_loops_tak
 
 
 def test_trainer_as_the_pretrain_stage_sets_it_up_reads_no_more_back_to_the_host_than_the_plain_loop():
-    counted = training.host_reads(REPO / "recipes" / "test", steps=20)
+    counted = host_reads.measure(REPO / "recipes" / "test", steps=20)
     plain, trainer, syncs = (counted[loop]["reads"] for loop in ("plain", "trainer", "trainer_syncs"))
-    assert plain >= 20 // training.LOGGING_STEPS * 2  # the loss and the gradient norm at each logging step
+    assert plain >= 20 // loops.LOGGING_STEPS * 2  # the loss and the gradient norm at each logging step
     assert trainer <= plain + 1  # Trainer reads its loss once more at the end of training
     assert syncs >= trainer + 2 * 20  # what the stage turns off: the NaN/inf filter and the token count, every step
 
 
+def test_profile_covers_the_timed_steps_of_both_loops_and_splits_each_step_into_operations_and_the_rest():
+    result = profiling.measure(REPO / "recipes" / "test", steps=4, warmup=2)
+    for loop in ("plain", "trainer"):
+        figures = result[loop]
+        assert figures["profiled_steps"] == 4  # the warm-up steps left out, every timed step in
+        assert 0 < figures["operations_ms"] < figures["step_ms"]
+        assert figures["outside_operations_ms"] == pytest.approx(figures["step_ms"] - figures["operations_ms"], abs=2e-3)
+        assert any(key.startswith("aten::") for key in figures["top_operations_ms"])
+        assert not any(key.startswith("ProfilerStep") for key in figures["top_operations_ms"])  # the whole step, not an operation
+    assert result["operations"] == "CPU operators" and len(result["trainer_minus_plain_ms"]) == profiling.TOP
+
+
 def test_variants_that_change_nothing_in_a_recipe_are_left_out():
-    shape = training.recipe_shape(REPO / "recipes" / "test")  # unpadded vocabulary, GPT2Config's dropout 0.1
-    assert "unpadded_vocabulary" not in training.variants_of(shape, None)
-    assert "dropout_0.1" not in training.variants_of(shape, None) and "no_dropout" in training.variants_of(shape, None)
-    assert "fp32_outputs" not in training.variants_of(shape, None)  # no mixed precision, nothing to convert
-    assert "fp32_outputs" in training.variants_of(training.recipe_shape(REPO / "recipes" / "test", bf16=True), None)
-    book = training.recipe_shape(REPO / "recipes" / "gpt2-book")
-    assert book["settings"]["pad_to_multiple_of"] == 64 and "unpadded_vocabulary" in training.variants_of(book, None)
+    shape = loops.recipe_shape(REPO / "recipes" / "test")  # unpadded vocabulary, GPT2Config's dropout 0.1
+    assert "unpadded_vocabulary" not in loops.variants_of(shape, None)
+    assert "dropout_0.1" not in loops.variants_of(shape, None) and "no_dropout" in loops.variants_of(shape, None)
+    assert "fp32_outputs" not in loops.variants_of(shape, None)  # no mixed precision, nothing to convert
+    assert "fp32_outputs" in loops.variants_of(loops.recipe_shape(REPO / "recipes" / "test", bf16=True), None)
+    book = loops.recipe_shape(REPO / "recipes" / "gpt2-book")
+    assert book["settings"]["pad_to_multiple_of"] == 64 and "unpadded_vocabulary" in loops.variants_of(book, None)
 
 
 def test_generated_text_has_the_size_asked_for_and_distinct_documents(tmp_path):
