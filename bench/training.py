@@ -26,7 +26,7 @@ import transformers
 
 from bench import data_stages, host_reads, judge, loops, profiling
 from llmpipe import config
-from llmpipe.runtime import throughput
+from llmpipe.runtime import atomic, throughput
 from llmpipe.stages.corpus import CorpusRecipe
 from llmpipe.stages.tokenizer import TokenizerRecipe
 
@@ -182,13 +182,20 @@ def main() -> None:
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     results = json.loads(args.output.read_text()) if args.output.is_file() else {}  # parts not measured keep their figures
-    if "host_reads" in parts:
-        results["host_reads"] = host_reads.measure(args.recipe, args.steps, args.compile)
-    if "profile" in parts:
-        results["profile"] = profiling.measure(args.recipe, args.steps, args.warmup, args.compile)
+
+    def save() -> None:  # after each part, so a part that fails or runs out of time keeps the ones before it
+        atomic.write_text(args.output, json.dumps(results, indent=2) + "\n")
+
     if "training" in parts:
         variants = None if args.variants is None else [name for name in args.variants.split(",") if name]
         results["training"] = training(args.recipe, args.steps, args.warmup, args.repeats, args.compile, variants, args.bf16, args.budget)
+        save()
+    if "host_reads" in parts:
+        results["host_reads"] = host_reads.measure(args.recipe, args.steps, args.compile)
+        save()
+    if "profile" in parts:
+        results["profile"] = profiling.measure(args.recipe, args.steps, args.warmup, args.compile)
+        save()
     if parts & {"tokenizer", "corpus"}:
         corpus = dataclasses.asdict(config.load(CorpusRecipe, args.recipe / "corpus.yaml"))
         recipe = corpus | {"num_proc": 1}  # one process: its memory is the peak
@@ -196,10 +203,10 @@ def main() -> None:
         corpus_mb = [float(size) for size in args.corpus_mb.split(",")] if "corpus" in parts else []
         data = data_stages.measure(args.tokenizer_mb, vocab, corpus_mb, args.repeats, args.corpus_repeats, recipe)
         results |= data if "tokenizer" in parts else {"corpus_stage": data["corpus_stage"]}
+        save()
     if "judge" in parts:
         results["judge"] = judge.measure(args.judge, Path("data/instruction-data.json"), args.judge_examples)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+        save()
     print_tables(results)
     print(f"-> {args.output}")
 

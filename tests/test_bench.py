@@ -59,6 +59,21 @@ def test_profile_covers_the_timed_steps_of_both_loops_and_splits_each_step_into_
     assert result["operations"] == "CPU operators" and len(result["trainer_minus_plain_ms"]) == profiling.TOP
 
 
+def test_a_part_that_fails_leaves_the_parts_measured_before_it_in_the_output(tmp_path, monkeypatch):
+    def fails(*args):
+        raise RuntimeError("out of device time")
+
+    monkeypatch.setattr(profiling, "measure", fails)
+    output = tmp_path / "results.json"
+    argv = ["bench.training", "--recipe", str(REPO / "recipes" / "test"), "--parts", "training,profile", "--steps", "2",
+            "--warmup", "1", "--repeats", "1", "--variants", "", "--output", str(output)]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(RuntimeError, match="out of device time"):
+        training.main()
+    saved = json.loads(output.read_text())
+    assert saved["training"]["trainer_tokens_per_second"] > 0 and "profile" not in saved
+
+
 def test_variants_that_change_nothing_in_a_recipe_are_left_out():
     shape = loops.recipe_shape(REPO / "recipes" / "test")  # unpadded vocabulary, GPT2Config's dropout 0.1
     assert "unpadded_vocabulary" not in loops.variants_of(shape, None)
