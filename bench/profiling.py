@@ -51,7 +51,8 @@ def measure(recipe: Path, steps: int, warmup: int, compile: bool = False) -> dic
         busy = sum(per_operation[name].values())
         top = sorted(per_operation[name].items(), key=lambda item: -item[1])[:TOP]
         result[name] = {
-            "profiled_steps": optimizer_steps, "step_ms": round(step_ms, 3), "operations_ms": round(busy, 3), "outside_operations_ms": round(step_ms - busy, 3),
+            "profiled_steps": optimizer_steps, "step_ms": round(step_ms, 3),
+            "operations_ms": round(busy, 3), "outside_operations_ms": round(step_ms - busy, 3),
             "top_operations_ms": {key: round(ms, 4) for key, ms in top},
         }
     plain, trainer = per_operation["plain"], per_operation["trainer"]
