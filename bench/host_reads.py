@@ -43,7 +43,7 @@ def measure(recipe: Path, steps: int, compile: bool = False) -> dict:
     """Tensor values read back to the host over the same `steps` (reading the loss and gradient norm every
     loops.LOGGING_STEPS) by the plain loop, by Trainer as the pretrain stage sets it up, and by Trainer with the
     syncs the stage turns off: their count a step and by call site."""
-    shape = loops.recipe_shape(recipe) | {"compile": compile}
+    shape = loops.recipe_shape(recipe, compile=compile)
     device = loops.default_device()
     defaults = shape["settings"]
     rows = loops.random_rows(shape, steps, defaults["micro_batch"])

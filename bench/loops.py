@@ -27,9 +27,9 @@ GPT2_VOCAB = 50257
 LOGGING_STEPS = 10  # both loops read the loss and gradient norm back this often
 
 
-def recipe_shape(recipe: Path, bf16: bool = False) -> dict:
+def recipe_shape(recipe: Path, bf16: bool = False, compile: bool = False) -> dict:
     """Model config, context, batch size, precision and run settings of a recipe folder's pretrain stage
-    (bf16 autocast as the recipe says on a GPU, or wherever `bf16` asks for it)."""
+    (bf16 autocast as the recipe says on a GPU, or wherever `bf16` asks for it; `compile`: both loops compiled)."""
     tokenizer = config.load(TokenizerRecipe, recipe / "tokenizer.yaml")
     corpus = config.load(CorpusRecipe, recipe / "corpus.yaml")
     pretrain = config.load(PretrainRecipe, recipe / "pretrain.yaml")
@@ -42,6 +42,7 @@ def recipe_shape(recipe: Path, bf16: bool = False) -> dict:
         "learning_rate": float(training.get("learning_rate", 1e-3)),
         "bf16": bf16 or (bool(training.get("bf16", False)) and torch.cuda.is_available()),
         "gpu": torch.cuda.is_available(),
+        "compile": compile,
         "settings": {
             "attention": "sdpa", "optim": "adamw_torch_fused", "workers": 0, "pad_to_multiple_of": pretrain.pad_to_multiple_of,
             "activation": pretrain.model.get("activation_function", "gelu_new"), "dropout": pretrain.model.get("resid_pdrop", 0.1),

@@ -40,7 +40,7 @@ def profiled(loop, shape: dict, rows: list[dict], steps: int, warmup: int, devic
 
 
 def measure(recipe: Path, steps: int, warmup: int, compile: bool = False) -> dict:
-    shape = loops.recipe_shape(recipe) | {"compile": compile}
+    shape = loops.recipe_shape(recipe, compile=compile)
     device = loops.default_device()
     rows = loops.random_rows(shape, steps + warmup, shape["settings"]["micro_batch"])
     inside = "GPU kernels" if device.type == "cuda" else "CPU operators"

@@ -50,7 +50,7 @@ def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool,
     `budget_s` seconds of the start is recorded as skipped (a device lent for minutes still gets a result)."""
     begun = time.perf_counter()
     device = loops.default_device()
-    shape = loops.recipe_shape(recipe, bf16) | {"compile": compile}
+    shape = loops.recipe_shape(recipe, bf16, compile)
     defaults = shape["settings"]
     rows = loops.random_rows(shape, steps + warmup, defaults["micro_batch"])
     timed_tokens = steps * defaults["micro_batch"] * shape["context"]
