@@ -32,17 +32,19 @@ test: install
 test-fast: install
 	python -m pytest -m "not e2e and not distributed and not slow"
 
-# Trainer vs a plain PyTorch loop on the pretrain model, data stages, the judge one at a time vs batched (needs artifacts/judge); BENCH_ARGS e.g. "--recipe recipes/gpt2-book --compile" on a GPU
+# Trainer vs a plain PyTorch loop on the pretrain model (and on the smallest model: host work a step), data stages, the judge one at a time vs batched (needs artifacts/judge); BENCH_ARGS e.g. "--recipe recipes/gpt2-book --compile" on a GPU
 bench: install
 	python -m bench.training $(BENCH_ARGS)
 
-# the gpt2-book recipe on one GPU, eager and compiled, each fast default against its alternative (SDPA kernels and
-# micro-batches too), the tensor values each loop reads back to the host, and a profile of a step in each loop
+# the gpt2-book recipe on one GPU, eager and compiled, each fast default against its alternative (SDPA kernels,
+# micro-batches and, compiled, inductor's autotuning and CUDA graphs too), the tensor values each loop reads back
+# to the host, each loop's host work a step, and a profile of a step in each loop
 GPU_BENCH := python -m bench.training --recipe recipes/gpt2-book --steps 50 --warmup 10 --repeats 3
 GPU_VARIANTS := trainer_syncs,fp32_outputs,unpadded_vocabulary,no_dropout,flash_attention,cudnn_attention,efficient_attention,micro_batch_16,micro_batch_64
 bench-gpu: install
-	$(GPU_BENCH) --parts training,host_reads,profile --variants $(GPU_VARIANTS),gelu_new,eager_attention --output bench/gpu-gpt2-book.json
-	$(GPU_BENCH) --parts training,host_reads,profile --compile --variants $(GPU_VARIANTS) --output bench/gpu-gpt2-book-compile.json
+	$(GPU_BENCH) --parts training,host_reads,overhead,profile --variants $(GPU_VARIANTS),gelu_new,eager_attention --output bench/gpu-gpt2-book.json
+	$(GPU_BENCH) --parts training,host_reads,profile --compile --variants $(GPU_VARIANTS),compile_max_autotune,compile_cuda_graphs \
+		--output bench/gpu-gpt2-book-compile.json
 
 ui: install
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \

@@ -48,6 +48,7 @@ def recipe_shape(recipe: Path, bf16: bool = False, compile: bool = False) -> dic
             "activation": pretrain.model.get("activation_function", "gelu_new"), "dropout": pretrain.model.get("resid_pdrop", 0.1),
             "trainer_syncs": False, "pad_token_id": False, "fp32_outputs": False,
             "micro_batch": training.get("per_device_train_batch_size", 8), "sdpa_backend": None,  # None: PyTorch picks
+            "compile_mode": training.get("torch_compile_mode"),  # None: torch.compile's default
         },
     }
 
@@ -72,17 +73,22 @@ VARIANTS = {
     "micro_batch_16": {"micro_batch": 16},
     "micro_batch_32": {"micro_batch": 32},
     "micro_batch_64": {"micro_batch": 64},
+    # inductor's autotuned kernels, and those plus CUDA graphs (one launch a graph instead of one a kernel)
+    "compile_max_autotune": {"compile_mode": "max-autotune-no-cudagraphs"},
+    "compile_cuda_graphs": {"compile_mode": "max-autotune"},
 }
-# variants that apply only with bf16 autocast, or only on a GPU (the SDPA kernels; micro-batches sized for its memory)
+# variants that apply only with bf16 autocast, only on a GPU (the SDPA kernels; micro-batches sized for its
+# memory), or only compiled on a GPU (inductor's autotuning takes many minutes on a CPU)
 NEEDS = {
-    "fp32_outputs": "bf16", "flash_attention": "gpu", "cudnn_attention": "gpu", "efficient_attention": "gpu",
-    "micro_batch_16": "gpu", "micro_batch_32": "gpu", "micro_batch_64": "gpu",
+    "fp32_outputs": ("bf16",), "flash_attention": ("gpu",), "cudnn_attention": ("gpu",), "efficient_attention": ("gpu",),
+    "micro_batch_16": ("gpu",), "micro_batch_32": ("gpu",), "micro_batch_64": ("gpu",),
+    "compile_max_autotune": ("gpu", "compile"), "compile_cuda_graphs": ("gpu", "compile"),
 }
 
 
 def variants_of(shape: dict, names: list[str] | None) -> dict[str, dict]:
     """The variants that change something in this recipe (all, or those named)."""
-    chosen = {name: VARIANTS[name] for name in (VARIANTS if names is None else names) if shape.get(NEEDS.get(name), True)}
+    chosen = {name: VARIANTS[name] for name in (VARIANTS if names is None else names) if all(shape[need] for need in NEEDS.get(name, ()))}
     return {name: change for name, change in chosen.items() if any(shape["settings"][k] != v for k, v in change.items())}
 
 
@@ -173,6 +179,7 @@ def trainer_loop(shape: dict, rows: list[dict], warmup: int, device: torch.devic
             "learning_rate": shape["learning_rate"], "weight_decay": 0.1, "max_grad_norm": 1.0, "bf16": shape["bf16"],
             "optim": settings["optim"], "dataloader_num_workers": settings["workers"], "report_to": [], "save_strategy": "no",
             "logging_steps": LOGGING_STEPS, "disable_tqdm": True, "torch_compile": shape["compile"], "seed": 0,
+            **({"torch_compile_mode": settings["compile_mode"]} if shape["compile"] and settings["compile_mode"] else {}),
         })
         callbacks = [clock] if settings["fp32_outputs"] else [clock, mixed_precision.HalfPrecisionOutputs()]
         trainer = Trainer(model=model, args=arguments, train_dataset=rows, data_collator=causal_lm_batch, callbacks=callbacks)

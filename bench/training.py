@@ -5,6 +5,8 @@ and DataLoader settings, the same loss call and learning-rate schedule, no KV ca
 norm read back at the same logging steps, both compiled or neither. Tokens/s by wall clock over the same steps, their ratio, MFU and
 peak memory, each the median of several runs; then each fast default against its alternative (variants).
 With `host_reads`: the tensor values each loop reads back to the host (a GPU sync each), by call site.
+With `overhead`: each loop's milliseconds a step on a model so small that a step is almost all host work,
+and the Python functions whose own time differs most between the loops.
 With `profile`: a step's time in each loop inside and outside the device's operations, and the operations
 whose time differs most between the loops.
 With `data_stages`: tokenizer training against sentencepiece, and the corpus stage on corpora up to a
@@ -24,7 +26,7 @@ import accelerate
 import torch
 import transformers
 
-from bench import data_stages, host_reads, judge, loops, profiling
+from bench import data_stages, host_overhead, host_reads, judge, loops, profiling
 from llmpipe import config
 from llmpipe.runtime import atomic, throughput
 from llmpipe.stages.corpus import CorpusRecipe
@@ -139,6 +141,13 @@ def print_tables(results: dict) -> None:
         for loop in ("plain", "trainer", "trainer_syncs"):
             sites = ", ".join(f"{site} x{count}" for site, count in reads[loop]["sites"].items())
             print(f"  {loop.replace('_', ' '):<16}{reads[loop]['per_step']:>6.2f}   {sites}")
+    if overhead := results.get("host_overhead"):
+        model = overhead["model"]
+        print(f"\nms a step, {model['n_layer']} layer {model['n_embd']} wide, {overhead['batch']} x {overhead['context']} tokens "
+              f"(host work): plain {overhead['plain_ms_per_step']:.3f}, Trainer {overhead['trainer_ms_per_step']:.3f} "
+              f"({overhead['trainer_extra_ms_per_step']:+.3f})")
+        print("  Trainer - plain, own ms a step under cProfile: "
+              + ", ".join(f"{key} {ms:+.3f}" for key, ms in list(overhead["trainer_minus_plain_own_ms"].items())[:5]))
     if profiled := results.get("profile"):
         compiled = ", compiled" if profiled["compile"] else ""
         print(f"\nms a step over {profiled['steps']} profiled steps{compiled}: wall clock, in {profiled['operations']}, outside them")
@@ -164,7 +173,7 @@ def print_tables(results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="training,host_reads,tokenizer,corpus,judge", help="what to measure, comma-separated; the others keep their figures in --output (default: %(default)s)")
+    parser.add_argument("--parts", default="training,host_reads,overhead,tokenizer,corpus,judge", help="what to measure, comma-separated; the others keep their figures in --output (default: %(default)s)")
     parser.add_argument("--recipe", type=Path, default=Path("recipes/tiny"), help="recipe folder whose pretrain model and corpus settings are measured (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
@@ -192,6 +201,9 @@ def main() -> None:
         save()
     if "host_reads" in parts:
         results["host_reads"] = host_reads.measure(args.recipe, args.steps, args.compile)
+        save()
+    if "overhead" in parts:
+        results["host_overhead"] = host_overhead.measure(args.recipe, compile=args.compile)
         save()
     if "profile" in parts:
         results["profile"] = profiling.measure(args.recipe, args.steps, args.warmup, args.compile)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from bench import data_stages, host_reads, loops, profiling, training
+from bench import data_stages, host_overhead, host_reads, loops, profiling, training
 from tests.conftest import REPO
 
 
@@ -24,7 +24,7 @@ def test_bench_times_both_loops_on_the_same_work_and_reports_their_ratio():
 
 def test_a_variant_that_cannot_run_is_recorded_with_its_error_and_a_micro_batch_variant_gets_its_own_batches(monkeypatch):
     for name in ("cudnn_attention", "micro_batch_32"):  # GPU variants, tried on the CPU
-        monkeypatch.setitem(loops.NEEDS, name, None)
+        monkeypatch.setitem(loops.NEEDS, name, ())
     result = training.training(REPO / "recipes" / "test", steps=2, warmup=1, repeats=1, compile=False,
                                variants=["cudnn_attention", "micro_batch_32"])
     assert "No viable backend" in result["variants"]["cudnn_attention"]["error"]  # no cuDNN kernel on a CPU
@@ -59,6 +59,17 @@ def test_profile_covers_the_timed_steps_of_both_loops_and_splits_each_step_into_
     assert result["operations"] == "CPU operators" and len(result["trainer_minus_plain_ms"]) == profiling.TOP
 
 
+def test_host_overhead_times_both_loops_on_the_smallest_model_and_profiles_only_the_timed_steps():
+    result = host_overhead.measure(REPO / "recipes" / "test", steps=6, warmup=2, repeats=1)
+    assert result["plain_ms_per_step"] > 0 and result["trainer_ms_per_step"] > 0
+    assert result["trainer_extra_ms_per_step"] == pytest.approx(result["trainer_ms_per_step"] - result["plain_ms_per_step"], abs=2e-3)
+    assert result["model"]["n_embd"] == 16 and result["context"] == 32 and len(result["trainer_minus_plain_own_ms"]) == host_overhead.TOP
+    shape = host_overhead.smallest_shape(REPO / "recipes" / "test", compile=False)
+    profiled = host_overhead.own_ms(loops.trainer_loop, shape, loops.random_rows(shape, 6, 8), 2, loops.default_device())
+    functions = {key.split("(")[-1] for key in profiled}
+    assert "training_step)" in functions and "create_optimizer)" not in functions  # the steps, not Trainer's set-up
+
+
 def test_a_part_that_fails_leaves_the_parts_measured_before_it_in_the_output(tmp_path, monkeypatch):
     def fails(*args):
         raise RuntimeError("out of device time")
@@ -82,6 +93,24 @@ def test_variants_that_change_nothing_in_a_recipe_are_left_out():
     assert "fp32_outputs" in loops.variants_of(loops.recipe_shape(REPO / "recipes" / "test", bf16=True), None)
     book = loops.recipe_shape(REPO / "recipes" / "gpt2-book")
     assert book["settings"]["pad_to_multiple_of"] == 64 and "unpadded_vocabulary" in loops.variants_of(book, None)
+    on_a_gpu = book | {"gpu": True}
+    assert "micro_batch_16" in loops.variants_of(on_a_gpu, None) and "compile_max_autotune" not in loops.variants_of(on_a_gpu, None)
+    assert "compile_max_autotune" in loops.variants_of(on_a_gpu | {"compile": True}, None)  # compile modes: compiled only
+
+
+def test_a_compile_mode_variant_reaches_trainer(monkeypatch):
+    class Stop(Exception):
+        pass
+
+    def capture(model, args, **kwargs):
+        raise Stop(args.torch_compile, args.torch_compile_mode)
+
+    monkeypatch.setattr(loops, "Trainer", capture)
+    shape = loops.recipe_shape(REPO / "recipes" / "test", compile=True)
+    settings = shape["settings"] | loops.VARIANTS["compile_cuda_graphs"]
+    with pytest.raises(Stop) as stopped:
+        loops.trainer_loop(shape, loops.random_rows(shape, 1, 8), 0, loops.default_device(), settings)
+    assert stopped.value.args == (True, "max-autotune")
 
 
 def test_generated_text_has_the_size_asked_for_and_distinct_documents(tmp_path):
