@@ -3,7 +3,8 @@ its Throughput callback) against a plain PyTorch loop training the same `GPT2LMH
 batches, in the same process, alike in all but the framework: the same rows through the same collator
 and DataLoader settings, the same loss call and learning-rate schedule, no KV cache, the loss and gradient
 norm read back at the same logging steps, both compiled or neither. Tokens/s by wall clock over the same steps, their ratio, MFU and
-peak memory, each the median of several runs; then each fast default against its alternative (variants).
+peak memory, each the median of several runs; then each fast default against its alternative under Trainer,
+back to back in each run (variants).
 With `host_reads`: the tensor values each loop reads back to the host (a GPU sync each), by call site.
 With `overhead`: each loop's milliseconds a step on a model so small that a step is almost all host work,
 and the Python functions whose own time differs most between the loops.
@@ -48,7 +49,7 @@ def git_commit() -> str | None:
 
 def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool, variants: list[str] | None = None,
              bf16: bool = False, budget_s: float | None = None) -> dict:
-    """Both loops on the recipe's model, then each variant under Trainer; a variant not started within
+    """Both loops on the recipe's model, then each variant under Trainer beside a run of the defaults; a variant not started within
     `budget_s` seconds of the start is recorded as skipped (a device lent for minutes still gets a result)."""
     begun = time.perf_counter()
     device = loops.default_device()
@@ -80,19 +81,10 @@ def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool,
         if budget_s is not None and time.perf_counter() - begun > budget_s:
             results[name] = {"error": f"skipped: the run passed its budget of {budget_s:.0f} s"}
             continue
-        settings = defaults | change
-        batch = settings["micro_batch"]
-        rows_of_variant = rows if batch == defaults["micro_batch"] else loops.random_rows(shape, steps + warmup, batch)
         try:
-            runs_of_variant = [loops.timed(loops.trainer_loop, shape, rows_of_variant, warmup, device, settings) for _ in range(repeats)]
+            results[name] = paired_variant(shape, defaults | change, rows, steps, warmup, repeats, device)
         except RuntimeError as err:  # a kernel that does not support these shapes or dropout, or out of memory
             results[name] = {"error": str(err).splitlines()[0][:300]}
-            continue
-        speed = statistics.median(steps * batch * shape["context"] / seconds for seconds, _ in runs_of_variant)
-        results[name] = {
-            "trainer_tokens_per_second": round(speed, 1), "vs_default": round(speed / library, 3),
-            "peak_memory_gb": round(statistics.median(memory for _, memory in runs_of_variant), 3),
-        }
     mfu = (lambda tokens_per_second: round(flops_per_token * tokens_per_second / peak, 4) if peak else None)  # noqa: E731
     return {
         "recipe": str(recipe),
@@ -118,6 +110,34 @@ def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool,
         "trainer_peak_memory_gb": median["trainer_peak_memory_gb"],
         "runs": runs,
         "variants": results,
+    }
+
+
+def paired_variant(shape: dict, settings: dict, rows: list[dict], steps: int, warmup: int, repeats: int,
+                   device: torch.device) -> dict:
+    """Trainer with a variant's settings against Trainer with the defaults, back to back in each repeat (taking
+    turns going first): the variant's ratio is the median of those pairs' ratios, so a machine that speeds up or
+    slows down over a long run favours no variant (the defaults' figure from minutes earlier would)."""
+    defaults = shape["settings"]
+    batch = settings["micro_batch"]
+    variant_rows = rows if batch == defaults["micro_batch"] else loops.random_rows(shape, steps + warmup, batch)
+    measured = {"variant": [], "default": [], "ratio": [], "memory": []}
+    for repeat in range(repeats):
+        runs = (("variant", settings, variant_rows), ("default", defaults, rows))
+        speed = {}
+        for which, run_settings, run_rows in runs if repeat % 2 == 0 else runs[::-1]:
+            seconds, memory = loops.timed(loops.trainer_loop, shape, run_rows, warmup, device, run_settings)
+            speed[which] = steps * run_settings["micro_batch"] * shape["context"] / seconds
+            if which == "variant":
+                measured["memory"].append(memory)
+        measured["variant"].append(speed["variant"])
+        measured["default"].append(speed["default"])
+        measured["ratio"].append(speed["variant"] / speed["default"])
+    return {
+        "trainer_tokens_per_second": round(statistics.median(measured["variant"]), 1),
+        "default_tokens_per_second": round(statistics.median(measured["default"]), 1),
+        "vs_default": round(statistics.median(measured["ratio"]), 3),
+        "peak_memory_gb": round(statistics.median(measured["memory"]), 3),
     }
 
 

@@ -17,9 +17,24 @@ def test_bench_times_both_loops_on_the_same_work_and_reports_their_ratio():
     assert 0 < result["trainer_mfu"] and result["trainer_peak_memory_gb"] > 0 and result["plain_peak_memory_gb"] > 0
     assert set(result["versions"]) == {"torch", "transformers", "accelerate"} and result["commit"]
     assert set(result["variants"]) == {"trainer_syncs", "no_dropout"}
-    for name, variant in result["variants"].items():  # each fast default, switched off
-        ratio = variant["trainer_tokens_per_second"] / result["trainer_tokens_per_second"]  # of rounded figures
+    for name, variant in result["variants"].items():  # each fast default, switched off, against a default run beside it
+        ratio = variant["trainer_tokens_per_second"] / variant["default_tokens_per_second"]  # of rounded figures
         assert variant["vs_default"] == pytest.approx(ratio, abs=2e-3), name
+
+
+def test_a_variant_is_timed_beside_a_default_run_in_each_repeat_taking_turns_going_first(monkeypatch):
+    shape = loops.recipe_shape(REPO / "recipes" / "test")
+    variant = shape["settings"] | {"dropout": 0.0}
+    order = []
+
+    def timed(loop, shape, rows, warmup, device, settings):  # the variant takes 1 s, the defaults 2 s
+        order.append("variant" if settings == variant else "default")
+        return (1.0 if settings == variant else 2.0), 0.5
+
+    monkeypatch.setattr(loops, "timed", timed)
+    result = training.paired_variant(shape, variant, loops.random_rows(shape, 3, 8), 2, 1, 2, loops.default_device())
+    assert order == ["variant", "default", "default", "variant"]
+    assert result["vs_default"] == 2.0 and result["trainer_tokens_per_second"] == 2 * 8 * 32 / 1.0
 
 
 def test_a_variant_that_cannot_run_is_recorded_with_its_error_and_a_micro_batch_variant_gets_its_own_batches(monkeypatch):
