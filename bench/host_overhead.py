@@ -26,13 +26,14 @@ def smallest_shape(recipe: Path, compile: bool) -> dict:
 
 def own_ms(loop, shape: dict, rows: list[dict], warmup: int, device: torch.device) -> dict[str, float]:
     """Milliseconds a step in each Python function's own code (cProfile's tottime), over the timed steps."""
-    profiler, steps, done = cProfile.Profile(), len(rows) // shape["settings"]["micro_batch"], [0]
+    profiler, steps, done = cProfile.Profile(), len(rows) // shape["settings"]["micro_batch"], 0
 
     def on_step() -> None:
-        done[0] += 1
-        if done[0] == warmup:
+        nonlocal done
+        done += 1
+        if done == warmup:
             profiler.enable()
-        elif done[0] == steps:
+        elif done == steps:
             profiler.disable()
 
     loop(shape, rows, warmup, device, shape["settings"], on_step=on_step)
