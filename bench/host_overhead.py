@@ -48,15 +48,13 @@ def measure(recipe: Path, steps: int = 200, warmup: int = 20, repeats: int = 3, 
     rows = loops.random_rows(shape, steps + warmup, shape["settings"]["micro_batch"])
     step_ms = {"plain": [], "trainer": []}
     named = {"plain": loops.plain_loop, "trainer": loops.trainer_loop}
-    for repeat in range(repeats):  # taking turns going first, as the training part does
-        for name in ("plain", "trainer") if repeat % 2 == 0 else ("trainer", "plain"):
+    for repeat in range(repeats):
+        for name in loops.in_turn(repeat, ("plain", "trainer")):
             seconds, _ = loops.timed(named[name], shape, rows, warmup, device, shape["settings"])
             step_ms[name].append(seconds / steps * 1000)
     plain, trainer = (statistics.median(step_ms[name]) for name in ("plain", "trainer"))
     profiled = {name: own_ms(loop, shape, rows, warmup, device) for name, loop in named.items()}
-    differences = {key: profiled["trainer"].get(key, 0.0) - profiled["plain"].get(key, 0.0)
-                   for key in profiled["plain"].keys() | profiled["trainer"].keys()}
-    largest = sorted(differences.items(), key=lambda item: -item[1])[:TOP]
+    largest = sorted(loops.trainer_minus_plain(profiled["plain"], profiled["trainer"]).items(), key=lambda item: -item[1])[:TOP]
     return {
         "recipe": str(recipe), "compile": compile, "model": {key: SMALLEST[key] for key in ("n_layer", "n_embd", "vocab_size")},
         "context": CONTEXT, "batch": shape["settings"]["micro_batch"], "steps": steps, "warmup_steps": warmup, "repeats": repeats,

@@ -199,6 +199,17 @@ def timed(loop, shape: dict, rows: list[dict], warmup: int, device: torch.device
     return seconds, throughput.peak_memory_gb(device)
 
 
+def in_turn(repeat: int, pair: tuple) -> tuple:
+    """The pair as given in even repeats, reversed in odd ones: each of two runs goes first in every other
+    repeat, so a drift within the process (GPU clocks and heat, allocator, compile caches) favours neither."""
+    return pair if repeat % 2 == 0 else pair[::-1]
+
+
+def trainer_minus_plain(plain: dict[str, float], trainer: dict[str, float]) -> dict[str, float]:
+    """Per key (an operation, a function), Trainer's figure less the plain loop's; a key one loop lacks counts 0 there."""
+    return {key: trainer.get(key, 0.0) - plain.get(key, 0.0) for key in plain.keys() | trainer.keys()}
+
+
 def random_rows(shape: dict, steps: int, batch: int) -> list[dict]:
     """Enough full blocks of random token ids for `steps` batches of `batch`."""
     generator = torch.Generator().manual_seed(0)

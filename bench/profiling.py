@@ -55,8 +55,7 @@ def measure(recipe: Path, steps: int, warmup: int, compile: bool = False) -> dic
             "operations_ms": round(busy, 3), "outside_operations_ms": round(step_ms - busy, 3),
             "top_operations_ms": {key: round(ms, 4) for key, ms in top},
         }
-    plain, trainer = per_operation["plain"], per_operation["trainer"]
-    differences = {key: trainer.get(key, 0.0) - plain.get(key, 0.0) for key in plain.keys() | trainer.keys()}
+    differences = loops.trainer_minus_plain(per_operation["plain"], per_operation["trainer"])
     largest = sorted(differences.items(), key=lambda item: -abs(item[1]))[:TOP]
     result["trainer_minus_plain_ms"] = {key: round(ms, 4) for key, ms in largest}
     return result

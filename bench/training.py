@@ -64,9 +64,7 @@ def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool,
     peak, source = throughput.device_peak(device)
     runs = []
     for repeat in range(repeats):
-        # every other run times Trainer first, so a drift within the process (GPU clocks and heat, allocator,
-        # compile caches) favours neither loop
-        order = (loops.plain_loop, loops.trainer_loop) if repeat % 2 == 0 else (loops.trainer_loop, loops.plain_loop)
+        order = loops.in_turn(repeat, (loops.plain_loop, loops.trainer_loop))
         measured = {loop: loops.timed(loop, shape, rows, warmup, device, defaults) for loop in order}
         (plain, plain_memory), (library, library_memory) = measured[loops.plain_loop], measured[loops.trainer_loop]
         runs.append({
@@ -121,23 +119,20 @@ def paired_variant(shape: dict, settings: dict, rows: list[dict], steps: int, wa
     defaults = shape["settings"]
     batch = settings["micro_batch"]
     variant_rows = rows if batch == defaults["micro_batch"] else loops.random_rows(shape, steps + warmup, batch)
-    measured = {"variant": [], "default": [], "ratio": [], "memory": []}
+    pairs, memory = [], []  # (variant, default) tokens/s of each repeat; the variant's peak memory
     for repeat in range(repeats):
-        runs = (("variant", settings, variant_rows), ("default", defaults, rows))
-        speed = {}
-        for which, run_settings, run_rows in runs if repeat % 2 == 0 else runs[::-1]:
-            seconds, memory = loops.timed(loops.trainer_loop, shape, run_rows, warmup, device, run_settings)
+        speed, runs = {}, (("variant", settings, variant_rows), ("default", defaults, rows))
+        for which, run_settings, run_rows in loops.in_turn(repeat, runs):
+            seconds, peak = loops.timed(loops.trainer_loop, shape, run_rows, warmup, device, run_settings)
             speed[which] = steps * run_settings["micro_batch"] * shape["context"] / seconds
             if which == "variant":
-                measured["memory"].append(memory)
-        measured["variant"].append(speed["variant"])
-        measured["default"].append(speed["default"])
-        measured["ratio"].append(speed["variant"] / speed["default"])
+                memory.append(peak)
+        pairs.append((speed["variant"], speed["default"]))
     return {
-        "trainer_tokens_per_second": round(statistics.median(measured["variant"]), 1),
-        "default_tokens_per_second": round(statistics.median(measured["default"]), 1),
-        "vs_default": round(statistics.median(measured["ratio"]), 3),
-        "peak_memory_gb": round(statistics.median(measured["memory"]), 3),
+        "trainer_tokens_per_second": round(statistics.median(variant for variant, _ in pairs), 1),
+        "default_tokens_per_second": round(statistics.median(default for _, default in pairs), 1),
+        "vs_default": round(statistics.median(variant / default for variant, default in pairs), 3),
+        "peak_memory_gb": round(statistics.median(memory), 3),
     }
 
 
