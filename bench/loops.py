@@ -17,6 +17,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, 
 
 from llmpipe import config
 from llmpipe.data.packing import causal_lm_batch
+from llmpipe.errors import UserError
 from llmpipe.runtime import mixed_precision, throughput
 from llmpipe.stages import base
 from llmpipe.stages.corpus import CorpusRecipe
@@ -33,6 +34,10 @@ def recipe_shape(recipe: Path, bf16: bool = False, compile: bool = False) -> dic
     tokenizer = config.load(TokenizerRecipe, recipe / "tokenizer.yaml")
     corpus = config.load(CorpusRecipe, recipe / "corpus.yaml")
     pretrain = config.load(PretrainRecipe, recipe / "pretrain.yaml")
+    trained = tokenizer.init_from is None and "vocab_size" in tokenizer.trainer
+    if pretrain.init_from or not (trained or tokenizer.init_from == "gpt2"):
+        raise UserError(f"{recipe}: the bench builds a GPT-2 from the pretrain recipe's `model` with a trained (`trainer.vocab_size`) "
+                        f"or GPT-2's tokenizer; this recipe starts from other weights: use recipes/tiny or recipes/gpt2-book")
     vocab = GPT2_VOCAB if tokenizer.init_from == "gpt2" else tokenizer.trainer["vocab_size"]
     training = pretrain.training
     return {

@@ -29,6 +29,7 @@ import transformers
 
 from bench import data_stages, host_overhead, host_reads, judge, loops, profiling
 from llmpipe import config
+from llmpipe.errors import UserError
 from llmpipe.runtime import atomic, throughput
 from llmpipe.stages.corpus import CorpusRecipe
 from llmpipe.stages.tokenizer import TokenizerRecipe
@@ -186,13 +187,19 @@ def print_tables(results: dict) -> None:
               f"{corpus['peak_anonymous_memory_gb']:.2f} GB anonymous, {corpus['peak_memory_gb']:.2f} GB resident with mapped Arrow files")
 
 
+def at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="training,host_reads,overhead,tokenizer,corpus,judge", help="what to measure, comma-separated; the others keep their figures in --output (default: %(default)s)")
     parser.add_argument("--recipe", type=Path, default=Path("recipes/tiny"), help="recipe folder whose pretrain model and corpus settings are measured (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs; the median is reported (default: %(default)s)")
+    parser.add_argument("--steps", type=at_least_one, default=20, help="timed optimizer steps per run (default: %(default)s)")
+    parser.add_argument("--warmup", type=at_least_one, default=3, help="untimed steps first (default: %(default)s)")
+    parser.add_argument("--repeats", type=at_least_one, default=3, help="runs; the median is reported (default: %(default)s)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in both loops")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast in both loops, also on a CPU (default: the recipe's bf16, on a GPU only)")
     parser.add_argument("--budget", type=float, help="seconds after which part training starts no more variants; those left are recorded as skipped (default: no limit)")
@@ -204,6 +211,13 @@ def main() -> None:
     parser.add_argument("--judge-examples", type=int, default=6, help="instructions the judge part scores, 3 answers each (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=Path("bench/results.json"), help="JSON to write (default: %(default)s)")
     args = parser.parse_args()
+    try:
+        run(args)
+    except UserError as err:
+        parser.exit(2, f"error: {err}\n")
+
+
+def run(args: argparse.Namespace) -> None:
     parts = set(args.parts.split(","))
     results = json.loads(args.output.read_text()) if args.output.is_file() else {}  # parts not measured keep their figures
 
@@ -226,7 +240,7 @@ def main() -> None:
     if parts & {"tokenizer", "corpus"}:
         corpus = dataclasses.asdict(config.load(CorpusRecipe, args.recipe / "corpus.yaml"))
         recipe = corpus | {"num_proc": 1}  # one process: its memory is the peak
-        vocab = config.load(TokenizerRecipe, args.recipe / "tokenizer.yaml").trainer["vocab_size"]
+        vocab = config.load(TokenizerRecipe, args.recipe / "tokenizer.yaml").trainer.get("vocab_size", loops.GPT2_VOCAB)
         corpus_mb = [float(size) for size in args.corpus_mb.split(",")] if "corpus" in parts else []
         data = data_stages.measure(args.tokenizer_mb, vocab, corpus_mb, args.repeats, args.corpus_repeats, recipe)
         results |= data if "tokenizer" in parts else {"corpus_stage": data["corpus_stage"]}

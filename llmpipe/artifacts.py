@@ -115,13 +115,21 @@ def load_classifier(source: str | Path, what: str, **kwargs) -> PreTrainedModel:
     )
 
 
-def load_for_task(source: str | Path, task: str, adapter_base: str | None = None):
+def label_settings(labels: list[str]) -> dict:
+    """A classifier config's labels, in the order of their ids."""
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}
+
+
+def load_for_task(source: str | Path, task: str, adapter_base: str | None = None, labels: list[str] | None = None):
     """The model a `pipeline(task)` runs: a causal LM or a sequence classifier; with `adapter_base`, the
-    PEFT adapter in `source` on that base."""
+    PEFT adapter in `source` on that base (a classifier's base with `labels`: an adapter does not hold them)."""
     if adapter_base is not None:
         from peft import PeftModel
 
-        base = load_classifier(adapter_base, "base model") if task == "text-classification" else load_causal_lm(adapter_base)
+        if task == "text-classification":
+            base = load_classifier(adapter_base, "base model", **(label_settings(labels) if labels else {}))
+        else:
+            base = load_causal_lm(adapter_base)
         return PeftModel.from_pretrained(base, str(source))
     if task == "text-classification":
         return load_model(AutoModelForSequenceClassification, source, "classifier")

@@ -13,7 +13,7 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -28,9 +28,14 @@ def library_section(cls: type, help: str = "") -> Any:
     return dataclasses.field(default_factory=dict, metadata={"library": cls, "help": help})
 
 
+def checked(default: Any, accept: Callable[[Any], bool], rule: str) -> Any:
+    """A field whose values `accept` refuses are refused when the recipe loads (not after training);
+    `rule` completes "must be ..." in the error. None (unset) is always accepted."""
+    return dataclasses.field(default=default, metadata={"accept": accept, "rule": rule})
+
+
 def at_least(minimum: int, default: Any) -> Any:
-    """A numeric field whose values below `minimum` are refused when the recipe loads (not after training)."""
-    return dataclasses.field(default=default, metadata={"minimum": minimum})
+    return checked(default, lambda value: value >= minimum, f"at least {minimum}")
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -61,7 +66,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise UserError(f"--set {key}: {'.'.join(parents[: depth + 1])} is a value, not a section")
-        node[leaf] = yaml.safe_load(raw) if raw else ""
+        try:
+            node[leaf] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as err:
+            raise UserError(f"--set {item!r}: the value is not valid YAML ({getattr(err, 'problem', err)}); "
+                            f"to pass it as text, quote it: --set '{key}=\"...\"'") from None
     return data
 
 
@@ -120,9 +129,9 @@ def build(schema: type[T], data: dict, source: str, prefix: str = "") -> T:
             values[name] = _check_library_kwargs(library, data[name], source, key + ".")
         else:
             values[name] = _conform(data[name], hints[name], source, key)
-        minimum = field.metadata.get("minimum")
-        if minimum is not None and values[name] is not None and values[name] < minimum:
-            raise UserError(f"{source}: `{key}` must be at least {minimum} (got {values[name]})")
+        accept = field.metadata.get("accept")
+        if accept is not None and values[name] is not None and not accept(values[name]):
+            raise UserError(f"{source}: `{key}` must be {field.metadata['rule']} (got {values[name]})")
     return schema(**values)
 
 

@@ -4,36 +4,37 @@ response cut at EOS and stripped of the prompt format's markers."""
 
 import copy
 import re
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 
-from llmpipe import artifacts
+from llmpipe import artifacts, config
 from llmpipe.data import instructions
 from llmpipe.errors import UserError
 
 
-def decoding(
-    tokenizer: PreTrainedTokenizerBase,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-) -> GenerationConfig:
+@dataclass
+class Decoding:
+    """How to decode: checked where it enters (a recipe's `decoding` section, `llmpipe generate`'s options)."""
+
+    max_new_tokens: int = config.at_least(1, 128)
+    temperature: float = config.checked(0.0, lambda t: t >= 0, "0 (greedy, the book's) or positive (sampling)")
+    top_k: int | None = config.checked(None, lambda k: k >= 1, "at least 1; leave it unset to sample from every token")
+    top_p: float | None = config.checked(None, lambda p: 0 < p <= 1, "in (0, 1]: the share of probability mass to sample from")
+    seed: int = 123  # for sampling
+
+
+def decoding(tokenizer: PreTrainedTokenizerBase, settings: Decoding) -> GenerationConfig:
     """temperature 0 means greedy, as in the book; otherwise sample from the scaled, filtered distribution."""
-    if top_k is not None and top_k < 1:
-        raise UserError(f"top_k must be at least 1 (got {top_k}); leave it unset to sample from every token")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UserError(f"top_p must be in (0, 1] (got {top_p}): the share of probability mass to sample from")
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+    sampling = {"do_sample": True, "temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p}
     return GenerationConfig(
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=settings.max_new_tokens,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        **(sampling if temperature > 0 else {"do_sample": False}),
+        **(sampling if settings.temperature > 0 else {"do_sample": False}),
     )
-
 
 
 def check_prompt(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int) -> None:

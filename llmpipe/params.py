@@ -24,7 +24,7 @@ class DataParams:
     documents: Literal["paragraphs", "lines", "files"] = "paragraphs"  # how a file splits into documents
     normalization: Literal["NFC", "NFKC", "NFD", "NFKD"] | None = "NFC"
     deduplicate: bool = True
-    validation_fraction: float = 0.1
+    validation_fraction: float = config.checked(0.1, lambda f: 0 < f < 1, "between 0 and 1, for example 0.1")
     seed: int = 123
 
 

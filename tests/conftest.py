@@ -17,13 +17,20 @@ FAKE_SECRET = "_".join(["hf", "llmpipeFAKEsecret0123456789abcdefXYZ"])  # joined
 VERDICT = REPO / "data" / "text" / "the-verdict.txt"
 
 
+def forget_tracking_uri() -> None:
+    if "mlflow" in sys.modules:  # its module-level URI wins over the environment
+        sys.modules["mlflow"].set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @pytest.fixture(autouse=True)
 def no_tracking_uri_from_other_tests():
-    """In-process MLflow (`mlflow.set_tracking_uri`) exports MLFLOW_TRACKING_URI for subprocesses to inherit:
-    each test starts without it and leaves without it, so no later test or fixture logs into its store."""
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    """In-process MLflow (`mlflow.set_tracking_uri`) keeps the URI and exports MLFLOW_TRACKING_URI for
+    subprocesses to inherit: each test starts without it and leaves without it, so no later test or fixture
+    logs into its store."""
+    forget_tracking_uri()
     yield
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    forget_tracking_uri()
 
 
 def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -62,9 +69,14 @@ def tiny_model(tokenizer):
 
 
 def copy_repo(destination: Path) -> Path:
-    """The repository's sources (no venv, outputs, caches or git history) in `destination`."""
-    skip = {".venv", ".git", "artifacts", "checkpoints", "mlruns", "mlflow.db", ".pytest_cache", "__pycache__", "cache", "tmp"}
-    shutil.copytree(REPO, destination, ignore=lambda _dir, names: [n for n in names if n in skip or n.endswith(".egg-info")])
+    """The repository's files as git sees them, tracked or new but not ignored (no venv, outputs, caches,
+    local downloads or history), in `destination`."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout
+    for name in filter(None, listed.split("\0")):
+        if (REPO / name).is_file():  # not a tracked file deleted in the working tree
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, destination / name)
     return destination
 
 

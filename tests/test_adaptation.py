@@ -3,6 +3,7 @@ trains only its share of the parameters, and saves a classifier that users' stoc
 stage's own test accuracy. The gathering stage tables them."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -11,17 +12,27 @@ from llmpipe import cli
 from tests.conftest import REPO, assert_refused, reloaded_test_accuracy, run_classify
 
 METHODS = yaml.safe_load((REPO / "recipes/test/adaptation.yaml").read_text())["methods"]
+SAVED_AS = {"lora": "merged", "ia3": "merged", "prompt_tuning": "adapter", "p_tuning": "adapter"}  # merged: and the adapter beside
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_each_method_trains_its_share_and_reloads_with_the_reported_test_accuracy(inside, tmp_path, method):
+def test_each_method_trains_its_share_and_reloads_with_the_reported_test_accuracy(inside, tmp_path, method, capsys):
     code, reported = run_classify(tmp_path, "--set-from", f"recipes/test/adaptation.yaml:methods.{method}")
     assert code == 0
     assert reported["trainable"] == METHODS[method]["trainable"]
     assert 0 < reported["trainable_parameters"] <= reported["total_parameters"]
     assert (reported["trainable_fraction"] == 1.0) == (method == "all")
-    accuracy, messages = reloaded_test_accuracy(inside, tmp_path / "out")
+    out = tmp_path / "out"
+    saved = "adapter" if (out / "adapter_config.json").exists() else "merged" if (out / "adapter").exists() else "full model"
+    assert saved == SAVED_AS.get(METHODS[method]["trainable"], "full model")  # a full model needs no PEFT to load
+    accuracy, messages = reloaded_test_accuracy(inside, out)
     assert accuracy == pytest.approx(reported["test_accuracy"], abs=1 / messages)
+    capsys.readouterr()
+    assert cli.main(["classify-text", "--model", str(tmp_path / "out"), "Free prize! Reply WIN now."]) == 0  # adapters too
+    assert capsys.readouterr().out.split("\t")[0] in ("ham", "spam")  # the labels, not LABEL_0
+    card = (tmp_path / "out" / "README.md").read_text()
+    exec(card.split("```python\n")[1].split("```")[0], {})  # the card's usage snippet runs as it stands
+    assert re.search(r"'label': '(ham|spam)'", capsys.readouterr().out)
 
 
 def test_prefix_tuning_is_refused_with_the_reason_while_peft_passes_past_key_values(inside, tmp_path, capsys):
@@ -91,6 +102,16 @@ def test_a_missing_classify_stage_run_is_named_with_the_command_that_runs_it(tmp
     (tmp_path / "runs").mkdir()
     write_run(tmp_path / "runs/probe.json", "probe", 0.8, 0.0002)
     assert_refused(gather(tmp_path, ["probe"], tmp_path / "runs"), capsys.readouterr().err, "classify.json", "dvc repro classify")
+
+
+@pytest.mark.parametrize("damage, culprit", [("truncate", "probe.json: not valid JSON"), ("drop seconds", "probe.json: no `seconds`")])
+def test_metrics_of_an_older_or_broken_run_are_named_with_the_command_that_remakes_them(tmp_path, capsys, damage, culprit):
+    (tmp_path / "runs").mkdir()
+    write_run(tmp_path / "runs/classify.json", "all", 0.95, 1.0)
+    write_run(probe := tmp_path / "runs/probe.json", "probe", 0.8, 0.0002)
+    run = json.loads(probe.read_text())
+    probe.write_text(probe.read_text()[:20] if damage == "truncate" else json.dumps({k: v for k, v in run.items() if k != "seconds"}))
+    assert_refused(gather(tmp_path, ["probe"], tmp_path / "runs"), capsys.readouterr().err, culprit, "dvc repro adapt@probe")
 
 
 def test_a_method_the_recipe_does_not_define_is_named(tmp_path, capsys):

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from bench import data_stages, host_overhead, host_reads, loops, profiling, training
+from llmpipe.errors import UserError
 from tests.conftest import REPO
 
 
@@ -162,3 +163,8 @@ def test_judge_bench_times_the_one_at_a_time_and_the_batched_judge_on_the_same_a
         assert figures["one_at_a_time_examples_per_second"] > 0 and figures["batched_examples_per_second"] > 0
         assert figures["max_score_difference"] < 1e-4
     assert result["speedup"] > 0
+
+
+def test_a_recipe_that_starts_from_other_weights_is_refused_by_name():
+    with pytest.raises(UserError, match="recipes/smol: the bench builds a GPT-2"):
+        loops.recipe_shape(REPO / "recipes" / "smol")

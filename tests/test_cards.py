@@ -85,6 +85,14 @@ def test_chat_usage_snippet_sends_messages_through_the_chat_template(tmp_path, t
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_a_card_names_the_architecture_it_was_made_from(model_type):
+    card = cards.model_card(facts("sft", model_type=model_type), "alice/tiny-sft", "mit", "en")
+    other = ({"gpt2", "llama"} - {model_type}).pop()
+    assert model_type in card.data.tags and other not in card.data.tags
+    assert f"an instruction-tuned `{model_type}` model" in card.text
+
+
 def test_a_copied_tokenizer_says_so_and_lists_no_training_data():
     card = str(cards.model_card(facts("tokenizer", base_model="gpt2"), "t", "mit", "en"))
     assert "the tokenizer of gpt2, taken as is" in card and "Training data" not in card

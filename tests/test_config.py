@@ -1,4 +1,7 @@
+import argparse
 import dataclasses
+import importlib
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -19,7 +22,7 @@ from llmpipe.stages.lora import LoraRecipe
 from llmpipe.stages.pretrain import PretrainRecipe
 from llmpipe.stages.tokenizer import TokenizerRecipe
 from llmpipe.stages.tuning import SftRecipe
-from tests.conftest import REPO, assert_refused, run_cli
+from tests.conftest import REPO, assert_refused
 
 
 def write(tmp_path, data) -> str:
@@ -137,8 +140,8 @@ STAGE_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if p.paren
 def test_every_shipped_recipe_is_valid_and_builds_its_library_objects(path, tmp_path):
     schema = SCHEMAS[path.stem]
     recipe = config.load(schema, path)
-    for field in dataclasses.fields(schema):
-        library, settings = field.metadata.get("library"), getattr(recipe, field.name)
+    for section in dataclasses.fields(schema):
+        library, settings = section.metadata.get("library"), getattr(recipe, section.name)
         if library is not None and settings:
             owned = {"output_dir": str(tmp_path), "report_to": []} if issubclass(library, TrainingArguments) else {}
             if settings.get("bf16") and not torch.cuda.is_available():
@@ -165,23 +168,23 @@ def test_every_recipe_folder_has_every_stage():
         assert {p.stem for p in folder.glob("*.yaml")} == set(SCHEMAS), folder
 
 
-def test_cli_reports_a_bad_recipe_key_without_traceback(tmp_path, capsys):
-    recipe = write(tmp_path, {"training": {"learnig_rate": 1e-3}})
-    assert_refused(cli.main(["pretrain", "--recipe", recipe]), capsys.readouterr().err,
-                   recipe, "unknown key `training.learnig_rate`; did you mean `training.learning_rate`")
-
-
 def test_cli_reports_a_missing_recipe_without_traceback(tmp_path, capsys):
     assert_refused(cli.main(["corpus", "--recipe", str(tmp_path / "missing.yaml")]), capsys.readouterr().err,
                    "missing.yaml: file not found")
 
 
-def test_cli_help_lists_every_command_and_stage_options():
-    top = run_cli("--help")
-    assert top.returncode == 0
-    for command in ("tokenizer", "corpus", "pretrain", "generate"):
-        assert command in top.stdout
-    stage_help = run_cli("pretrain", "--help")
-    assert stage_help.returncode == 0
-    for option in ("--recipe", "--set", "--params", "--output", "--checkpoints", "training.* (transformers TrainingArguments"):
-        assert option in stage_help.stdout
+@pytest.mark.parametrize("command", cli.COMMANDS)
+def test_cli_help_lists_every_command_and_explains_every_option(command, capsys):
+    with pytest.raises(SystemExit) as top:
+        cli.main(["--help"])
+    assert top.value.code == 0 and re.search(rf"^ +{re.escape(command)}\s", capsys.readouterr().out, re.MULTILINE)
+    module_name = cli.COMMANDS[command][0]
+    parser = argparse.ArgumentParser()
+    importlib.import_module(module_name).add_arguments(parser)
+    unexplained = [action.dest for action in parser._actions if not action.help]
+    assert not unexplained, f"llmpipe {command} --help: no help for {unexplained}"
+    with pytest.raises(SystemExit) as own:
+        cli.main([command, "--help"])
+    shown = capsys.readouterr().out
+    assert own.value.code == 0 and f"usage: llmpipe {command}" in shown
+    assert ("recipe keys: " in shown) == module_name.startswith("llmpipe.stages.")  # a stage lists its recipe's keys

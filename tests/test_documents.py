@@ -4,8 +4,8 @@ import pytest
 from datasets import Dataset
 
 from llmpipe.data.documents import deduplicate, load, read_documents, split
-from llmpipe.inputs import read_text
 from llmpipe.errors import UserError
+from llmpipe.inputs import read_text
 from llmpipe.params import DataParams
 
 

@@ -11,7 +11,7 @@ import pytest
 from llmpipe import cli
 from llmpipe.errors import UserError
 from llmpipe.metrics import evaluate_modules
-from tests.conftest import assert_refused
+from tests.conftest import assert_refused, outputs_snapshot
 
 
 def test_an_empty_prompt_is_refused(inside, capsys):
@@ -25,12 +25,15 @@ def test_more_new_tokens_than_the_context_holds_is_refused(inside, capsys):
 
 
 def test_a_pretrain_sample_longer_than_the_context_is_refused_before_training(inside, capsys):
+    before = outputs_snapshot(inside), sorted((inside / "checkpoints/pretrain").rglob("*"))
     code = cli.main(["pretrain", "--set", "sample_max_new_tokens=600", "--restart"])
     assert_refused(code, capsys.readouterr().err, "600", "512")
+    assert (outputs_snapshot(inside), sorted((inside / "checkpoints/pretrain").rglob("*"))) == before  # --restart kept them
 
 
 def test_impossible_sampling_filters_are_refused(inside, capsys):
-    for option, value, culprit in (("--top-k", "0", "top_k must be at least 1"), ("--top-p", "1.5", "top_p must be in (0, 1]")):
+    for option, value, culprit in (("--top-k", "0", "llmpipe generate: `top_k` must be at least 1"),
+                                   ("--top-p", "1.5", "`top_p` must be in (0, 1]"), ("--temperature", "-1", "`temperature` must be 0")):
         code = cli.main(["generate", "--model", "artifacts/pretrain", "--prompt", "I had", "--temperature", "1", option, value])
         assert_refused(code, capsys.readouterr().err, culprit)
 

@@ -36,14 +36,14 @@ def test_checkpoints_of_another_shape_are_refused_and_kept(inside, capsys):
     run_file = inside / "checkpoints/pretrain/llmpipe-run.json"
     finished = json.loads(run_file.read_text())
     run_file.write_text(json.dumps({**finished, "finished": False}))  # as if the workspace's pretrain had been killed
-    saved = sorted(p.name for p in run_file.parent.iterdir())
+    saved, outputs = sorted(p.name for p in run_file.parent.iterdir()), outputs_snapshot(inside)
     try:
         code = cli.main(["pretrain", "--set", "model.n_embd=64"])
     finally:
         run_file.write_text(json.dumps(finished))
     assert_refused(code, capsys.readouterr().err, "checkpoints/pretrain: holds checkpoints of an unfinished run",
                    "recipe.model.n_embd: 32 there, 64 now", "--restart")
-    assert sorted(p.name for p in run_file.parent.iterdir()) == saved
+    assert sorted(p.name for p in run_file.parent.iterdir()) == saved and outputs_snapshot(inside) == outputs
 
 
 def test_weights_that_do_not_fit_their_config_are_named(inside, capsys, tmp_path):
@@ -66,9 +66,13 @@ def test_truncated_weights_are_named(inside, capsys, tmp_path):
                    f"{cut}: cannot load a causal language model")
 
 
-def test_a_model_of_another_task_is_named(inside, capsys):
+def test_a_model_of_another_task_is_named(inside, capsys, tmp_path):
     assert_refused(cli.main(["classify-text", "--model", "artifacts/pretrain", "Hi"]), capsys.readouterr().err,
                    "artifacts/pretrain: its weights do not fit a classifier", "missing from its weights: score.weight")
+    load_classifier("artifacts/pretrain", {}).save_pretrained(tmp_path / "classifier")
+    shutil.copy("artifacts/pretrain/tokenizer.json", tmp_path / "classifier")
+    assert_refused(cli.main(["generate", "--model", str(tmp_path / "classifier"), "--prompt", "Hi"]), capsys.readouterr().err,
+                   "its weights do not fit a causal language model built from its config.json", "score.weight")
 
 
 def test_an_empty_text_to_classify_is_named(inside, capsys):

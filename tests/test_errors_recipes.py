@@ -44,6 +44,13 @@ CASES = {
         ["tokenizer", "--set", "trainer.vocab_size=100"],
         ["recipes/test/tokenizer.yaml", "`trainer.vocab_size` must be at least 257"],
     ),
+    "a trainer alphabet other than the bytes": (
+        ["tokenizer", "--set", "trainer.initial_alphabet=[a, b]"],
+        ["recipes/test/tokenizer.yaml: `trainer.initial_alphabet` is set by llmpipe", "remove it"],
+    ),
+    "a corpus batch of no documents": (
+        ["corpus", "--set", "batch_size=0"], ["recipes/test/corpus.yaml: `batch_size` must be at least 1 (got 0)"],
+    ),
     "no new tokens for the sample": (
         ["pretrain", "--set", "sample_max_new_tokens=0"],
         ["recipes/test/pretrain.yaml: `sample_max_new_tokens` must be at least 1 (got 0)"],
@@ -51,6 +58,20 @@ CASES = {
     "negative new tokens in evaluation": (
         ["evaluate", "--set", "decoding.max_new_tokens=-3"],
         ["recipes/test/evaluate.yaml: `decoding.max_new_tokens` must be at least 1 (got -3)"],
+    ),
+    "negative temperature in evaluation": (
+        ["evaluate", "--set", "decoding.temperature=-0.5"],
+        ["recipes/test/evaluate.yaml: `decoding.temperature` must be 0 (greedy, the book's) or positive (sampling) (got -0.5)"],
+    ),
+    "top_p above 1 in evaluation": (
+        ["evaluate", "--set", "decoding.top_p=1.5"], ["recipes/test/evaluate.yaml: `decoding.top_p` must be in (0, 1]"],
+    ),
+    "confidence given in percent": (
+        ["evaluate", "--set", "bootstrap.confidence=95"],
+        ["recipes/test/evaluate.yaml: `bootstrap.confidence` must be between 0 and 1, for example 0.95 (got 95)"],
+    ),
+    "an override that is not YAML": (
+        ["pretrain", "--set", "training.learning_rate=[3e-4"], ["--set 'training.learning_rate=[3e-4'", "not valid YAML"],
     ),
     "more new tokens than the context in evaluation": (
         ["evaluate", "--set", "decoding.max_new_tokens=512", "--set", "models={pretrain: artifacts/pretrain}",
@@ -76,6 +97,14 @@ def test_a_recipe_name_without_a_folder_is_named(inside, capsys, tmp_path):
     assert_refused(code, capsys.readouterr().err, "recipes/tinny/corpus.yaml: file not found", "`recipe:` name in params.yaml")
 
 
+def test_a_validation_fraction_out_of_range_is_named_before_any_document_is_read(inside, capsys, tmp_path):
+    params = yaml.safe_load((inside / "params.yaml").read_text())
+    params["data"] |= {"validation_fraction": 10, "files": ["data/no-such-file.txt"]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    code = cli.main(["tokenizer", "--params", str(tmp_path / "params.yaml")])
+    assert_refused(code, capsys.readouterr().err, "`data.validation_fraction` must be between 0 and 1, for example 0.1 (got 10)")
+
+
 def test_a_bad_params_key_is_named(inside, capsys, tmp_path):
     params = yaml.safe_load((inside / "params.yaml").read_text())
     params["mlflow"]["tracking_url"] = "x"
@@ -84,18 +113,18 @@ def test_a_bad_params_key_is_named(inside, capsys, tmp_path):
     assert_refused(code, capsys.readouterr().err, "params.yaml", "`mlflow.tracking_url`", "did you mean `mlflow.tracking_uri`")
 
 
-def test_a_missing_accelerate_config_is_named_by_dvc_and_checkout_restores_the_outputs(repo):
-    params = (repo / "params.yaml").read_text()
-    uncached = {path: (repo / path).read_bytes() for path in ("metrics/pretrain.json", "plots/pretrain.csv")}
-    (repo / "params.yaml").write_text(params.replace("recipes/accelerate/cpu.yaml", "recipes/accelerate/cpu-typo.yaml"))
+def test_a_missing_accelerate_config_is_named_by_dvc_and_checkout_restores_the_outputs(own_repo):
+    params = (own_repo / "params.yaml").read_text()
+    uncached = {path: (own_repo / path).read_bytes() for path in ("metrics/pretrain.json", "plots/pretrain.csv")}
+    (own_repo / "params.yaml").write_text(params.replace("recipes/accelerate/cpu.yaml", "recipes/accelerate/cpu-typo.yaml"))
     try:
-        result = sh(repo, "dvc", "repro", "-s", "pretrain", check=False)
+        result = sh(own_repo, "dvc", "repro", "-s", "pretrain", check=False)
     finally:
-        (repo / "params.yaml").write_text(params)
+        (own_repo / "params.yaml").write_text(params)
         for path, content in uncached.items():  # DVC removed them before failing; they are not in its cache
-            (repo / path).write_bytes(content)
+            (own_repo / path).write_bytes(content)
     assert result.returncode != 0 and "recipes/accelerate/cpu-typo.yaml" in result.stderr
     assert "No such file or directory" in result.stderr
-    sh(repo, "dvc", "checkout")  # the last complete outputs come back from DVC's cache
-    assert (repo / "artifacts/pretrain/model.safetensors").is_file()
-    assert "pretrain" not in sh(repo, "dvc", "status").stdout
+    sh(own_repo, "dvc", "checkout")  # the last complete outputs come back from DVC's cache
+    assert (own_repo / "artifacts/pretrain/model.safetensors").is_file()
+    assert "pretrain" not in sh(own_repo, "dvc", "status").stdout

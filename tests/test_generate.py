@@ -2,8 +2,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, pipeline
 
+from llmpipe import cli
 from llmpipe.errors import UserError
-from llmpipe.generation import continue_text, decoding
+from llmpipe.generation import Decoding, continue_text, decoding
 from tests.conftest import run_cli
 
 
@@ -14,11 +15,11 @@ def test_greedy_takes_the_most_likely_token_each_step(tiny_model, tokenizer):
             ids = torch.cat([ids, tiny_model(ids).logits[:, -1:].argmax(-1)], dim=1)
     n_prompt = len(tokenizer("I had")["input_ids"])
     expected = tokenizer.decode(ids[0, n_prompt:], skip_special_tokens=True)
-    assert continue_text(tiny_model, tokenizer, "I had", decoding(tokenizer, 12)) == expected
+    assert continue_text(tiny_model, tokenizer, "I had", decoding(tokenizer, Decoding(12))) == expected
 
 
 def test_sampling_follows_the_seed(tiny_model, tokenizer):
-    hot = decoding(tokenizer, 12, temperature=5.0, top_k=50)
+    hot = decoding(tokenizer, Decoding(12, temperature=5.0, top_k=50))
     samples = []
     for seed in (1, 1, 2):
         torch.manual_seed(seed)
@@ -28,28 +29,39 @@ def test_sampling_follows_the_seed(tiny_model, tokenizer):
 
 def test_top_k_one_is_greedy(tiny_model, tokenizer):
     torch.manual_seed(0)
-    top1 = continue_text(tiny_model, tokenizer, "The", decoding(tokenizer, 10, temperature=2.0, top_k=1))
-    assert top1 == continue_text(tiny_model, tokenizer, "The", decoding(tokenizer, 10))
+    top1 = continue_text(tiny_model, tokenizer, "The", decoding(tokenizer, Decoding(10, temperature=2.0, top_k=1)))
+    assert top1 == continue_text(tiny_model, tokenizer, "The", decoding(tokenizer, Decoding(10)))
 
 
 def test_empty_prompt_and_too_many_tokens_are_errors(tiny_model, tokenizer):
     with pytest.raises(UserError, match="prompt is empty"):
-        continue_text(tiny_model, tokenizer, "  ", decoding(tokenizer, 5))
+        continue_text(tiny_model, tokenizer, "  ", decoding(tokenizer, Decoding(5)))
     with pytest.raises(UserError, match="exceeds the model's context of 256 tokens"):
-        continue_text(tiny_model, tokenizer, "The", decoding(tokenizer, 300))
+        continue_text(tiny_model, tokenizer, "The", decoding(tokenizer, Decoding(300)))
 
 
 def test_cli_streams_the_same_tokens_the_saved_model_generates(tiny_model, tokenizer, tmp_path):
     tiny_model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    expected = continue_text(tiny_model, tokenizer, "I had always", decoding(tokenizer, 15))
+    expected = continue_text(tiny_model, tokenizer, "I had always", decoding(tokenizer, Decoding(15)))
     result = run_cli("generate", "--model", str(tmp_path), "--prompt", "I had always", "--max-new-tokens", "15")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ("I had always" + expected).strip()
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
-    assert continue_text(reloaded, tokenizer, "I had always", decoding(tokenizer, 15)) == expected
+    assert continue_text(reloaded, tokenizer, "I had always", decoding(tokenizer, Decoding(15))) == expected
     pipe = pipeline("text-generation", model=str(tmp_path), max_new_tokens=15, do_sample=False)
     assert pipe("I had always", return_full_text=False)[0]["generated_text"] == expected
+
+
+def test_cli_sampling_follows_the_seed(tiny_model, tokenizer, tmp_path, capsys):
+    tiny_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    samples = []
+    for seed in ("1", "1", "2"):
+        argv = ["generate", "--model", str(tmp_path), "--prompt", "I had", "--temperature", "5", "--top-k", "50", "--seed", seed]
+        assert cli.main(argv) == 0
+        samples.append(capsys.readouterr().out)
+    assert samples[0] == samples[1] != samples[2]
 
 
 def test_cli_names_a_folder_without_a_model(tmp_path):

@@ -229,7 +229,9 @@ def test_openai_judge_with_a_real_instruct_model_counts_the_answers_it_cannot_pa
         requests=[instructions.request(e) for e in entries], backend="openai", base_url=base_url, model=judges["smollm2"],
         max_retries=0, max_tokens=8,
     )
-    assert len(judged["scores"]) == 6 and len(judged["details"]) == 6
+    answers = [detail["answer"] for detail in judged["details"]]
+    assert len(answers) == 6 and all(answers)  # every answer kept, parsed or not
+    assert judged["scores"] == [parse_score(answer) for answer in answers]
     parsed = sum(score is not None for score in judged["scores"])
     assert judged["unscored"] == 6 - parsed
     print(f"\nSmolLM2-135M-Instruct through transformers serve: {parsed}/6 answers parse as an integer 0-100: "

@@ -1,10 +1,13 @@
 import json
 
+import gguf
 import pytest
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmpipe import cli
+from llmpipe.errors import UserError
+from llmpipe.stages.judge_model import from_gguf
 from tests.conftest import assert_refused, run_cli
 
 
@@ -47,3 +50,13 @@ def test_a_judge_model_that_cannot_be_had_stops_evaluate_before_any_model_answer
     assert_refused(code, err, "recipes/test/evaluate.yaml", culprit)
     assert err.count("error:") == 1 and "generating" not in err
     assert not (inside / "artifacts/evaluate").exists()
+
+
+def test_a_gguf_of_an_architecture_transformers_does_not_read_is_named(tmp_path):
+    writer = gguf.GGUFWriter(tmp_path / "other.gguf", "rwkv9")  # parses as GGUF; no transformers model reads it
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(UserError, match=r"other\.gguf: transformers cannot load it \(.*rwkv9.*\); point `source`"):
+        from_gguf(tmp_path / "other.gguf")

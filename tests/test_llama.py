@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from peft import AutoPeftModelForCausalLM
 from transformers import LlamaConfig, LlamaForCausalLM, pipeline
 
@@ -99,3 +100,5 @@ def test_sft_and_lora_on_a_llama_with_its_chat_template_reload_with_stock_loader
     assert adapted_layers == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}  # every linear layer
     merged = pipeline("text-generation", model=str(tmp_path / "lora" / "merged"))
     assert merged.model.generation_config.eos_token_id == im_end
+    for folder in ("sft", "lora/adapter", "lora/merged"):  # the Hub cards say what architecture it is
+        assert "llama" in ModelCard.load(tmp_path / folder / "README.md").data.tags, folder

@@ -18,6 +18,7 @@ from peft import PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmpipe import adapters, cli
+from llmpipe.errors import UserError
 from llmpipe.hub import cards, push
 from tests.conftest import FAKE_SECRET, REPO, assert_refused, run_cli
 
@@ -220,3 +221,17 @@ def test_a_reader_that_stops_early_gets_no_traceback(workdir):
     process.stdout.close()
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err
+
+
+def test_no_network_or_no_token_is_named_before_anything_is_sent(monkeypatch):
+    def unreachable(*args, **kwargs):
+        raise requests.ConnectionError("no route to host")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(requests, "head", unreachable)
+    with pytest.raises(UserError, match=r"cannot reach https://huggingface\.co \(ConnectionError\); check the network"):
+        push.require_hub()
+    monkeypatch.setattr(requests, "head", lambda *args, **kwargs: None)
+    monkeypatch.setattr(push, "get_token", lambda: None)  # neither HF_TOKEN nor a saved login
+    with pytest.raises(UserError, match="no Hugging Face token: set HF_TOKEN or run `hf auth login`"):
+        push.require_hub()

@@ -13,7 +13,7 @@ import yaml
 from llmpipe import artifacts, cli
 from llmpipe.errors import UserError
 from llmpipe.runtime import redact
-from tests.conftest import FAKE_SECRET, REPO, assert_refused
+from tests.conftest import FAKE_SECRET, REPO, assert_refused, outputs_snapshot
 
 
 class Payload:
@@ -59,13 +59,14 @@ def test_a_checkpoint_holding_a_pickle_is_refused_unread(inside, capsys, tmp_pat
     marker = tmp_path / "unpickled"
     torch.save(Payload(marker), checkpoint / "optimizer.pt")  # torch.save pickles whatever it is given
     run_file.write_text(json.dumps({**json.loads(finished), "finished": False}))
+    outputs = outputs_snapshot(inside)
     try:
         code = cli.main(["pretrain"])
     finally:
         run_file.write_text(finished)
         shutil.copy(backup, checkpoint / "optimizer.pt")
     assert_refused(code, capsys.readouterr().err, f"{checkpoint.relative_to(inside)}: holds a pickle", "--restart")
-    assert not marker.exists()
+    assert not marker.exists() and outputs_snapshot(inside) == outputs
 
 
 def test_no_secret_reaches_any_file_the_pipeline_wrote_or_its_mlflow_store(repo):

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from llmpipe.errors import UserError
-from llmpipe.stages.tokenizer import TokenizerRecipe, bytes_per_token, train_bpe
+from llmpipe.stages.tokenizer import TokenizerRecipe, bytes_per_token, check_trainer
 from tests.conftest import run_cli
 
 
@@ -37,7 +37,7 @@ def test_saved_tokenizer_loads_with_stock_autotokenizer(tokenizer, tmp_path):
 
 def test_vocabulary_too_small_for_the_byte_alphabet_is_named():
     with pytest.raises(UserError, match=r"`trainer\.vocab_size` must be at least 257"):
-        train_bpe(["text"], TokenizerRecipe(trainer={"vocab_size": 100}))
+        check_trainer(TokenizerRecipe(trainer={"vocab_size": 100}), "tokenizer.yaml")
 
 
 def test_stage_trains_on_train_documents_only(tmp_path):

@@ -77,3 +77,24 @@ def test_the_pipeline_run_spans_its_stages_and_fails_with_one(tmp_path, monkeypa
     assert second.parent_id == first.parent_id
     parent, stage = MlflowClient().get_run(first.parent_id).info, MlflowClient().get_run(second.run_id).info
     assert parent.status == "FAILED" and parent.end_time >= stage.end_time
+
+
+def test_each_judged_answer_keeps_its_own_score_when_an_instruction_repeats(tmp_path, monkeypatch):
+    """The test split holds the same instruction twice with different references: each trace gets its row's score."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    row = {"instruction": "Use 'innovative' in a sentence.", "input": "", "response": "It is innovative."}
+    rows = [row | {"reference": "An innovative idea.", "judge_score": 80, "judge_detail": {}},
+            row | {"reference": "Innovative designs sell.", "judge_score": 20, "judge_detail": {}}]
+    with tracking.StageRun("evaluate", "test", MlflowParams()) as run:
+        run.log_evaluation("sft", rows, "a judge")
+    client = MlflowClient()
+    (evaluation,) = client.search_runs([client.get_run(run.run_id).info.experiment_id], "tags.`llmpipe.model` = 'sft'")
+    traces = client.search_traces(locations=[evaluation.info.experiment_id], run_id=evaluation.info.run_id)
+    scored = {}
+    for trace in traces:
+        assessments = {a.name: a for a in trace.info.assessments}
+        scored[assessments["expected_response"].value] = assessments["judge_score"].value
+    assert scored == {"An innovative idea.": 80, "Innovative designs sell.": 20}

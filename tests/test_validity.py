@@ -11,7 +11,7 @@ def test_every_example_gets_another_examples_reference_fixed_by_the_seed():
     assert wrong == mismatched(references, seed=123) != mismatched(references, seed=1)
 
 
-def test_a_judge_that_reads_the_answers_scores_one_and_one_that_inverts_them_zero():
+def test_auc_win_rate_and_length_bias_from_paired_scores_and_their_mirror_when_the_judge_inverts_them():
     right, wrong = [80.0, 70.0, 90.0], [20.0, 75.0, 10.0]
     answers = ["a", "a b", "a b c", "a b c d"]
     found = measure(right, wrong, [10.0, 20.0, 30.0, 40.0], answers)

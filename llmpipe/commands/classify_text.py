@@ -1,7 +1,9 @@
 """`llmpipe classify-text`: the label and its probability for each text (the book's `classify_review`)."""
 
 import argparse
+from pathlib import Path
 
+from peft import PeftConfig
 from transformers import pipeline
 
 from llmpipe import artifacts
@@ -17,7 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     if empty := [i for i, text in enumerate(args.texts, 1) if not text.strip()]:
         raise UserError(f"text {empty[0]} is empty; give each TEXT some words")
-    model = artifacts.load_for_task(args.model, "text-classification")
+    if (Path(args.model) / "adapter_config.json").is_file():  # prompt or p-tuning: the adapter alone, on the base it names
+        base = PeftConfig.from_pretrained(args.model).base_model_name_or_path
+        model = artifacts.load_for_task(args.model, "text-classification", base, spam.LABELS)
+    else:
+        model = artifacts.load_for_task(args.model, "text-classification")
     if set(model.config.id2label.values()) != set(spam.LABELS):
         raise UserError(f"{args.model}: labels {sorted(model.config.id2label.values())}, not {'/'.join(spam.LABELS)}: "
                         "point --model at the classify stage's folder (artifacts/classify)")

@@ -1,12 +1,12 @@
 """`llmpipe generate` (book ch5.3): continue a prompt, greedy or sampled with temperature, top-k and top-p, streamed."""
 
 import argparse
+import dataclasses
 
 from transformers import TextStreamer, set_seed
 
-from llmpipe import artifacts
-from llmpipe.errors import UserError
-from llmpipe.generation import continue_text, decoding
+from llmpipe import artifacts, config
+from llmpipe.generation import Decoding, continue_text, decoding
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,13 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
-    if args.temperature < 0:
-        raise UserError("--temperature must be 0 (greedy) or positive")
+    options = {field.name: getattr(args, field.name) for field in dataclasses.fields(Decoding)}
+    settings = config.build(Decoding, options, source="llmpipe generate")
     tokenizer = artifacts.load_tokenizer(args.model)
     model = artifacts.load_causal_lm(args.model).eval()
     artifacts.check_vocabulary(model, tokenizer, args.model)
-    set_seed(args.seed)
-    settings = decoding(tokenizer, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
-    continue_text(model, tokenizer, args.prompt, settings, streamer=TextStreamer(tokenizer))
+    set_seed(settings.seed)
+    continue_text(model, tokenizer, args.prompt, decoding(tokenizer, settings), streamer=TextStreamer(tokenizer))

@@ -28,7 +28,7 @@ def hub_base(facts: cards.CardFacts, args: argparse.Namespace, hub: pipeline_par
     own = {Path(args.artifacts, folder).resolve(): name for name, folder in FOLDERS.items()}
     if base.resolve() in own and hub.namespace:
         return hub.repo_id(own[base.resolve()])
-    if facts.artifact == "lora":
+    if cards.KINDS[facts.artifact].library_name == "peft":  # an adapter is nothing without its base
         raise UserError(
             f"the adapter's base is the local folder {facts.base_model}: push it first, then pass "
             "--base-model USER/NAME (or set hub.namespace in params.yaml)"

@@ -120,9 +120,8 @@ def deduplicate(documents: Dataset) -> Dataset:
 
 
 def split(documents: Dataset, validation_fraction: float, seed: int) -> DatasetDict:
-    """A seeded, deterministic split by document (datasets' own train_test_split)."""
-    if not 0 < validation_fraction < 1:
-        raise UserError(f"params.yaml: data.validation_fraction must be between 0 and 1, got {validation_fraction}")
+    """A seeded, deterministic split by document (datasets' own train_test_split); `validation_fraction`
+    in (0, 1), as params.yaml is checked when it loads."""
     n_validation = round(len(documents) * validation_fraction)
     if n_validation < 1 or n_validation >= len(documents):
         raise UserError(

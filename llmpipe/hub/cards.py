@@ -11,7 +11,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from llmpipe.config import flatten
-from llmpipe.data import instructions
+from llmpipe.data import instructions, spam
 from llmpipe.errors import UserError
 from llmpipe.runtime import redact, throughput
 
@@ -28,19 +28,23 @@ class Kind:
     data: tuple[str, ...]  # which params data sets trained it (and the models it started from)
 
 
+# titles name the architecture (`{arch}`: "`gpt2` model", "`llama` model")
 KINDS = {
     "tokenizer": Kind("byte-level BPE tokenizer (book ch2)", None, "transformers", ("text",)),
-    "pretrain": Kind("GPT-2 pretrained from scratch (book ch4-5)", "text-generation", "transformers", ("text",)),
-    "classify": Kind("GPT-2 spam classifier (book ch6)", "text-classification", "transformers", ("text", "spam")),
-    "sft": Kind("instruction-tuned GPT-2 (book ch7)", "text-generation", "transformers", ("text", "instructions")),
+    "pretrain": Kind("a {arch} pretrained from scratch (book ch4-5)", "text-generation", "transformers", ("text",)),
+    "classify": Kind("a spam classifier fine-tuned from a {arch} (book ch6)", "text-classification", "transformers", ("text", "spam")),
+    "classify-adapter": Kind("a spam classifier as a PEFT adapter (prompt or p-tuning) on a {arch} (book ch6)", "text-classification",
+                             "peft", ("text", "spam")),
+    "sft": Kind("an instruction-tuned {arch} (book ch7)", "text-generation", "transformers", ("text", "instructions")),
     "lora": Kind("LoRA adapter for instruction following (book appendix E)", "text-generation", "peft", ("text", "instructions")),
-    "lora-merged": Kind("GPT-2 with its LoRA adapter merged in (book appendix E)", "text-generation", "transformers", ("text", "instructions")),
+    "lora-merged": Kind("a {arch} with its LoRA adapter merged in (book appendix E)", "text-generation", "transformers", ("text", "instructions")),
 }
 
 # Timings vary from run to run: in the card they would make every run's folder differ (DVC, the Hub)
 TIMINGS = {*throughput.MEASURED, "train_seconds", "seconds"}
 
 EXAMPLE_INSTRUCTION = {"instruction": "Give a synonym for 'happy'.", "input": ""}
+SPAM_EXAMPLE = "You are a winner! Reply WIN now to claim your free prize."
 
 
 @dataclass(frozen=True)
@@ -63,9 +67,11 @@ class CardFacts:
     hub_data: list[str]  # Hub data set ids
     base_model: str | None = None
     prompt_format: str = "alpaca"
+    model_type: str | None = None  # the architecture (`config.model_type`: gpt2, llama); None for a tokenizer
 
 
-def facts(job, artifact: str, metrics: dict[str, Any], base_model: str | None = None, prompt_format: str = "alpaca") -> CardFacts:
+def facts(job, artifact: str, metrics: dict[str, Any], base_model: str | None = None, prompt_format: str = "alpaca",
+          model_type: str | None = None) -> CardFacts:
     """The facts of `job` (a `stage.Stage`) about the artifact it saved."""
     params = job.params
     files = {"text": params.data.files, "spam": [params.classify_data], "instructions": [params.instruction_data]}
@@ -78,6 +84,7 @@ def facts(job, artifact: str, metrics: dict[str, Any], base_model: str | None = 
         hub_data=[dataset.path for dataset in params.data.hub],
         base_model=base_model,
         prompt_format=prompt_format,
+        model_type=model_type,
     )
 
 
@@ -115,7 +122,7 @@ def eval_results(facts: CardFacts, evaluation: dict[str, Any] | None) -> list[Ev
     if artifact == "pretrain":
         add("text-generation", "validation", "loss", "Validation loss", "val_loss", metrics)
         add("text-generation", "validation", "perplexity", "Validation perplexity", "val_perplexity", metrics)
-    elif artifact == "classify":
+    elif artifact in ("classify", "classify-adapter"):
         add("text-classification", "test", "accuracy", "Test accuracy", "test_accuracy", metrics)
         add("text-classification", "test", "f1", "Test F1", "test_f1", metrics)
     elif artifact in ("sft", "lora", "lora-merged"):
@@ -140,7 +147,17 @@ def usage(artifact: str, model_id: str, prompt_format: str = "alpaca", revision:
         return (
             "from transformers import pipeline\n\n"
             f"classifier = pipeline(\"text-classification\", model={source})\n"
-            'print(classifier("You are a winner! Reply WIN now to claim your free prize."))\n'
+            f"print(classifier({SPAM_EXAMPLE!r}))\n"
+        )
+    if artifact == "classify-adapter":  # the adapter holds no labels: its base gets them as it loads
+        return (
+            "from peft import AutoPeftModelForSequenceClassification\n"
+            "from transformers import AutoTokenizer, pipeline\n\n"
+            f"labels = {spam.LABELS!r}\n"
+            f"model = AutoPeftModelForSequenceClassification.from_pretrained(\n    {source}, num_labels=len(labels),\n"
+            "    id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},\n)\n"
+            f"classifier = pipeline(\"text-classification\", model=model, tokenizer=AutoTokenizer.from_pretrained({source}))\n"
+            f"print(classifier({SPAM_EXAMPLE!r}))\n"
         )
     chat = artifact != "pretrain" and prompt_format == "chat"  # messages: the tokenizer's chat template applies
     if artifact == "pretrain":
@@ -177,7 +194,7 @@ def title(facts: CardFacts) -> str:
         return f"the weights of {facts.base_model}, taken as they are and scored (book ch5.5)"
     if facts.base_model and facts.artifact == "pretrain":
         return f"a causal LM continued from the weights of {facts.base_model} (book ch5.5, appendix D)"
-    return KINDS[facts.artifact].title
+    return KINDS[facts.artifact].title.format(arch=f"`{facts.model_type}` model" if facts.model_type else "model")
 
 
 def _table(header: tuple[str, str], rows: list[tuple[Any, Any]]) -> str:
@@ -206,7 +223,7 @@ def model_card(
         language=language,
         library_name=kind.library_name,
         pipeline_tag=kind.pipeline_tag,
-        tags=["llmpipe", "gpt2", facts.artifact, *{"lora": ["lora", "peft"], "lora-merged": ["lora"]}.get(facts.artifact, [])],
+        tags=["llmpipe", *filter(None, [facts.model_type]), facts.artifact, *{"lora": ["lora", "peft"], "lora-merged": ["lora"], "classify-adapter": ["peft"]}.get(facts.artifact, [])],
         base_model=base,
         datasets=facts.hub_data or None,
         eval_results=results or None,

@@ -195,16 +195,16 @@ class StageRun:
         if self._mlflow and self.settings.log_models:
             self._mlflow.log_artifacts(str(folder), artifact_path=Path(folder).name)
 
-    def register_model(self, folder: str | Path, task: str, card, adapter_base: str | None = None) -> None:
+    def register_model(self, folder: str | Path, task: str, card, adapter_base: str | None = None, labels: list[str] | None = None) -> None:
         """The saved model, logged with the `mlflow.transformers` flavor and registered as
         `<experiment>-<stage>`; the stage's metrics then attach to it. A PEFT adapter (`adapter_base`: the
-        base model's folder or Hub id) is logged as an adapter that references its base."""
+        base model's folder or Hub id; a classifier's `labels`) is logged as an adapter that references its base."""
         if not (self._mlflow and self.settings.log_models):
             return
         import mlflow.transformers
 
         folder = Path(folder).resolve()  # a relative name such as artifacts/sft looks like a Hub id: MLflow would query the Hub
-        model = artifacts.load_for_task(folder, task, adapter_base)
+        model = artifacts.load_for_task(folder, task, adapter_base, labels)
         by_reference = {"base_model_path": str(Path(adapter_base).resolve())} if adapter_base and Path(adapter_base).is_dir() else {}
         info = mlflow.transformers.log_model(
             {"model": model, "tokenizer": artifacts.load_tokenizer(folder)},
@@ -235,19 +235,19 @@ class StageRun:
         import mlflow.genai
         from mlflow.entities import Feedback
 
-        def key(inputs: dict, outputs: str) -> str:
-            return json.dumps([inputs, outputs], sort_keys=True)
+        def key(inputs: dict, outputs: str, expectations: dict) -> str:  # an instruction may repeat with another reference
+            return json.dumps([inputs, outputs, expectations], sort_keys=True)
 
         data = [
             {"inputs": {"instruction": row["instruction"], "input": row["input"]}, "outputs": row["response"],
              "expectations": {"expected_response": row["reference"]}}
             for row in rows
         ]
-        verdicts = {key(item["inputs"], item["outputs"]): row for item, row in zip(data, rows)}
+        verdicts = {key(item["inputs"], item["outputs"], item["expectations"]): row for item, row in zip(data, rows)}
 
         @mlflow.genai.scorer(name="judge_score", description=f"0-100, the book's protocol; judge: {judge}")
-        def judge_score(inputs: dict, outputs: str) -> Feedback:
-            row = verdicts[key(inputs, outputs)]
+        def judge_score(inputs: dict, outputs: str, expectations: dict) -> Feedback:
+            row = verdicts[key(inputs, outputs, expectations)]
             return Feedback(value=row["judge_score"], rationale=json.dumps(row["judge_detail"]),
                             error=None if row["judge_score"] is not None else "the judge's answer is not a score")
 

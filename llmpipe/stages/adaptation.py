@@ -36,19 +36,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figure", default="plots/adaptation.png", help="figure to write (default: %(default)s)")
 
 
-def read_run(path: Path, missing: str) -> dict:
+def read_run(path: Path, missing: str, rerun: str) -> dict:
+    """A classify run's metrics, with every figure the table reports (a file from an older run may lack one)."""
     if not path.is_file():
-        raise UserError(f"{path}: {missing}")
-    return json.loads(path.read_text(encoding="utf-8"))
+        raise UserError(f"{path}: {missing}; run `{rerun}`")
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON (line {err.lineno}); run `{rerun}` again") from None
+    lacking = [key for key in (*REPORTED, "baseline_test_accuracy") if key not in run]
+    if lacking:
+        raise UserError(f"{path}: no `{lacking[0]}` (metrics of an older classify run?); run `{rerun}` again")
+    return run
 
 
 def gather(runs: Path, names: list[str], classify_metrics: Path) -> tuple[dict[str, dict], float]:
     """Each method's figures, and the TF-IDF baseline's test accuracy (the same split, so the same for all).
     The classify stage's run joins as the method classify.yaml trains (its `trainable`) unless an adapt stage
     runs that method with its own settings; then the adapt run's figures stand."""
-    staged = read_run(classify_metrics, "no metrics of the classify stage; run `dvc repro classify`")
+    staged = read_run(classify_metrics, "no metrics of the classify stage", "dvc repro classify")
     found = {staged["trainable"]: staged} | {
-        name: read_run(runs / f"{name}.json", f"no metrics for method `{name}` (params.yaml `adaptation`); run `dvc repro adapt@{name}`")
+        name: read_run(runs / f"{name}.json", f"no metrics for method `{name}` (params.yaml `adaptation`)", f"dvc repro adapt@{name}")
         for name in names
     }
     methods = {name: {key: run[key] for key in REPORTED} for name, run in found.items()}

@@ -6,9 +6,10 @@ import dataclasses
 import pickle
 import tempfile
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import torch
 from datasets import Dataset
@@ -83,8 +84,9 @@ def loss_metrics(initial: dict, final: dict) -> dict[str, float]:
 
 def describe(schema: type) -> str:
     """The recipe's keys for --help: own keys with defaults, library sections by class."""
-    parts = []
+    parts, hints = [], typing.get_type_hints(schema)
     for field in dataclasses.fields(schema):
+        choices = typing.get_args(hints[field.name]) if typing.get_origin(hints[field.name]) is Literal else ()
         library = field.metadata.get("library")
         if library is not None:
             parts.append(f"{field.name}.* ({library.__module__.split('.')[0]} {library.__name__} arguments)")
@@ -95,7 +97,7 @@ def describe(schema: type) -> str:
             parts.append(f"{field.name} (default {field.default_factory()!r})")
         else:
             default = field.default if field.default is not dataclasses.MISSING else "required"
-            parts.append(f"{field.name} (default {default!r})")
+            parts.append(f"{field.name} (default {default!r}{'; one of ' + ', '.join(choices) if choices else ''})")
     return ", ".join(parts)
 
 
@@ -114,9 +116,9 @@ class Stage:
         self.tracker.log_config(config.flatten(self.recipe) | config.flatten(self.params.data, "data.") | settings)
 
     def card(self, artifact: str, metrics: dict[str, Any], folder: str | Path, base_model: str | None = None,
-             prompt_format: str = "alpaca"):
-        """The model card of what this stage saves into `folder` (a `cards.KINDS` artifact)."""
-        facts = cards.facts(self, artifact, metrics, base_model, prompt_format)
+             prompt_format: str = "alpaca", model_type: str | None = None):
+        """The model card of what this stage saves into `folder` (a `cards.KINDS` artifact of a `model_type`)."""
+        facts = cards.facts(self, artifact, metrics, base_model, prompt_format, model_type)
         return cards.model_card(facts, str(folder), self.params.hub.license, self.params.hub.language)
 
     def finish(self, metrics: dict[str, Any], summary: str) -> None:

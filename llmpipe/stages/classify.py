@@ -58,10 +58,7 @@ class ClassifyRecipe:
 
 
 def load_classifier(source: str, config_changes: dict) -> PreTrainedModel:
-    return artifacts.load_classifier(
-        source, "model to classify with", num_labels=len(spam.LABELS), id2label=dict(enumerate(spam.LABELS)),
-        label2id={label: i for i, label in enumerate(spam.LABELS)}, **config_changes,
-    )
+    return artifacts.load_classifier(source, "model to classify with", **artifacts.label_settings(spam.LABELS), **config_changes)
 
 
 def config_changes(recipe: ClassifyRecipe, source: str, recipe_path) -> dict:
@@ -145,18 +142,19 @@ def main(args: argparse.Namespace) -> None:
                 for key in ("accuracy", "precision", "recall", "f1"):
                     metrics[f"{split}_{key}"] = round(final[f"eval_{split}_{key}"], 4)
             metrics |= baseline.tfidf_logreg(splits, training.seed)
+        is_adapter = recipe.trainable in adapters.PEFT_METHODS and recipe.trainable not in adapters.MERGEABLE  # saved alone
         with base.output_folder(args.output, trainer) as staging:
             if recipe.trainable in adapters.MERGEABLE:
                 adapters.save_adapter_and_merged(model, tokenizer, staging / "adapter", staging)
             else:  # a full model folder, or (prompt and prefix tuning) the adapter alone
                 trainer.save_model(str(staging))
                 tokenizer.save_pretrained(staging)
-            cards.write(staging, card := job.card("classify", metrics, args.output, source))
+            artifact = "classify-adapter" if is_adapter else "classify"
+            cards.write(staging, card := job.card(artifact, metrics, args.output, source, model_type=model.config.model_type))
         if not trainer.is_world_process_zero():
             return
 
-        is_adapter = recipe.trainable in adapters.PEFT_METHODS and recipe.trainable not in adapters.MERGEABLE
-        job.tracker.register_model(args.output, "text-classification", card, source if is_adapter else None)
+        job.tracker.register_model(args.output, "text-classification", card, source if is_adapter else None, spam.LABELS)
         job.finish(
             metrics,
             f"spam classifier ({recipe.trainable}: {counts['trainable_parameters']:,} of "

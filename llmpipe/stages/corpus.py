@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datasets import Dataset, DatasetDict, Features, List, Value
 
 from llmpipe import artifacts
+from llmpipe.config import at_least
 from llmpipe.data import documents, packing
 from llmpipe.errors import UserError
 from llmpipe.runtime import atomic
@@ -21,10 +22,10 @@ BLOCK_FEATURES = Features({"input_ids": List(Value("int32"))})
 
 @dataclass
 class CorpusRecipe:
-    context_length: int = 256  # tokens per block (the model's n_positions must be at least this)
-    stride: int | None = None  # tokens between block starts; default context_length (no overlap)
-    num_proc: int = 1  # processes for tokenisation
-    batch_size: int = 1000  # documents per tokenisation batch
+    context_length: int = at_least(2, 256)  # tokens per block (the model's n_positions must be at least this)
+    stride: int | None = at_least(1, None)  # tokens between block starts; default context_length (no overlap)
+    num_proc: int = at_least(1, 1)  # processes for tokenisation
+    batch_size: int = at_least(1, 1000)  # documents per tokenisation batch
     shard_size: str = "500MB"  # largest Arrow file of the saved corpus
 
 

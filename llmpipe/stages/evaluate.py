@@ -25,18 +25,9 @@ from llmpipe.stages import base
 
 
 @dataclass
-class Decoding:
-    max_new_tokens: int = config.at_least(1, 128)
-    temperature: float = 0.0  # 0: greedy (the book's); > 0 samples
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int = 123
-
-
-@dataclass
 class Bootstrap:
     resamples: int = config.at_least(1, 1000)
-    confidence: float = 0.95
+    confidence: float = config.checked(0.95, lambda c: 0 < c < 1, "between 0 and 1, for example 0.95")
     seed: int = 123
 
 
@@ -51,7 +42,7 @@ class EvaluateRecipe:
     )
     limit: int | None = config.at_least(1, None)  # evaluate only the first N test examples (quick runs); default all
     batch_size: int = config.at_least(1, 16)
-    decoding: Decoding = field(default_factory=Decoding)
+    decoding: generation.Decoding = field(default_factory=generation.Decoding)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     bootstrap: Bootstrap = field(default_factory=Bootstrap)
     mismatch_seed: int = 123  # which other example's reference each validity check scores as a wrong answer
@@ -121,9 +112,7 @@ def answer(source: str, entries: list[dict], prompt_format: str, recipe: Evaluat
     instructions.prepare_tokenizer(tokenizer, prompt_format)
     model = artifacts.load_causal_lm(source).to(device)
     artifacts.check_vocabulary(model, tokenizer, source)
-    settings = generation.decoding(
-        tokenizer, recipe.decoding.max_new_tokens, recipe.decoding.temperature, recipe.decoding.top_k, recipe.decoding.top_p
-    )
+    settings = generation.decoding(tokenizer, recipe.decoding)
     set_seed(recipe.decoding.seed)
     prompts = [instructions.prompt_text(entry, prompt_format, tokenizer) for entry in entries]
     return generation.generate_responses(model, tokenizer, prompts, settings, prompt_format, recipe.batch_size, desc)

@@ -68,8 +68,12 @@ def from_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str
     except (ValueError, IndexError, KeyError, struct.error) as err:
         raise UserError(f"{path}: does not parse as a GGUF file ({str(err).splitlines()[0] or type(err).__name__}); "
                         "point `source` to an intact .gguf file (reinstall its package if it came from one)") from None
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as err:  # an architecture or quantisation transformers does not read from GGUF
+        raise UserError(f"{path}: transformers cannot load it ({str(err).strip().splitlines()[0] or type(err).__name__}); point "
+                        "`source` to a GGUF of an architecture transformers reads (llama, qwen2, mistral, ...) or to a model folder") from None
     config = loaded.config
     del config.quantization_config  # the saved weights are plain float32
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

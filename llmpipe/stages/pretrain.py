@@ -146,16 +146,15 @@ def main(args: argparse.Namespace) -> None:
         with base.output_folder(args.output, trainer) as staging:
             trainer.save_model(str(staging))
             tokenizer.save_pretrained(str(staging))
-            cards.write(staging, card := job.card("pretrain", metrics, args.output, recipe.init_from))
+            cards.write(staging, card := job.card("pretrain", metrics, args.output, recipe.init_from, model_type=model.config.model_type))
+        model.eval()  # every rank generates: under FSDP each forward needs all of them
+        greedy = generation.decoding(tokenizer, generation.Decoding(recipe.sample_max_new_tokens))
+        sample = generation.continue_text(model, tokenizer, recipe.sample_prompt, greedy)
         if not trainer.is_world_process_zero():
             return
 
         tokens_per_step = training.train_batch_size * training.gradient_accumulation_steps * training.world_size * context_length
         atomic.write_text(args.plots, loss_curve(initial, trainer.state.log_history, tokens_per_step))
-        model.eval()
-        sample = generation.continue_text(
-            model, tokenizer, recipe.sample_prompt, generation.decoding(tokenizer, recipe.sample_max_new_tokens)
-        )
         job.tracker.log_text(f"{recipe.sample_prompt}{sample}\n", "sample.txt")
         job.tracker.log_artifact(args.plots, "plots")
         job.tracker.register_model(args.output, "text-generation", card)

@@ -4,6 +4,7 @@ saved as a `PreTrainedTokenizerFast`; or, with `init_from`, an existing model's 
 import argparse
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
@@ -27,21 +28,26 @@ class TokenizerRecipe:
     trainer: dict = library_section(BpeTrainer)
 
 
-def train_bpe(
-    texts: Iterable[str] | Iterable[list[str]], recipe: TokenizerRecipe, source: str = "recipe", length: int | None = None
-) -> PreTrainedTokenizerFast:
-    """GPT-2's scheme: bytes as the base alphabet (any UTF-8 text round-trips), no prefix space. `texts`
-    may be an iterator (of texts or batches of texts): the trainer streams it; `length` is for its progress bar."""
-    specials = list(dict.fromkeys([recipe.eos_token, recipe.pad_token or recipe.eos_token, *recipe.trainer.get("special_tokens", [])]))
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    smallest = len(alphabet) + len(specials)
+def special_tokens(recipe: TokenizerRecipe) -> list[str]:
+    return list(dict.fromkeys([recipe.eos_token, recipe.pad_token or recipe.eos_token, *recipe.trainer.get("special_tokens", [])]))
+
+
+def check_trainer(recipe: TokenizerRecipe, source: str | Path) -> None:
+    """The recipe's `trainer` section, checked before any document is read."""
+    base.reject_owned(recipe.trainer, ("initial_alphabet",), f"{source}: `trainer", "GPT-2's scheme (every byte is a token)")
+    smallest = len(pre_tokenizers.ByteLevel.alphabet()) + len(specials := special_tokens(recipe))
     if recipe.trainer.get("vocab_size", 30000) < smallest:
         raise UserError(f"{source}: `trainer.vocab_size` must be at least {smallest} (256 bytes + {len(specials)} special tokens)")
+
+
+def train_bpe(texts: Iterable[str] | Iterable[list[str]], recipe: TokenizerRecipe, length: int | None = None) -> PreTrainedTokenizerFast:
+    """GPT-2's scheme: bytes as the base alphabet (any UTF-8 text round-trips), no prefix space. `texts`
+    may be an iterator (of texts or batches of texts): the trainer streams it; `length` is for its progress bar."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     bpe.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = BpeTrainer(**{**recipe.trainer, "special_tokens": specials, "initial_alphabet": alphabet})
+    trainer = BpeTrainer(**{**recipe.trainer, "special_tokens": special_tokens(recipe), "initial_alphabet": pre_tokenizers.ByteLevel.alphabet()})
     bpe.train_from_iterator(texts, trainer=trainer, length=len(texts) if length is None and isinstance(texts, list) else length)
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
@@ -68,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     job = base.begin(args, "tokenizer", TokenizerRecipe)
     recipe = job.recipe
+    check_trainer(recipe, job.recipe_path)
     with atomic.scratch(args.output) as workdir:
         docs = documents.load(job.params.data, workdir)
         with job.tracker:
@@ -77,7 +84,7 @@ def main(args: argparse.Namespace) -> None:
                 tokenizer = artifacts.load_tokenizer(recipe.init_from)
             else:
                 train = docs.splits["train"]
-                tokenizer = train_bpe(documents.text_batches(train), recipe, str(job.recipe_path), length=len(train))
+                tokenizer = train_bpe(documents.text_batches(train), recipe, length=len(train))
             train_seconds = time.perf_counter() - started
             efficiency = bytes_per_token(tokenizer, documents.text_batches(docs.splits["validation"]))
             metrics = {

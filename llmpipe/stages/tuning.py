@@ -85,7 +85,7 @@ def run(
         throughput.add_to(trainer, timer := throughput.Throughput())
         base.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.instruction_data]))
         final = trainer.evaluate()
-        metrics, samples = {}, []
+        metrics = {}
         if trainer.is_world_process_zero():  # rank 0 reports (the other ranks would measure the CPU peak against it)
             metrics = {
                 **base.loss_metrics(base.initial_losses(trainer.state.log_history), final),
@@ -93,11 +93,11 @@ def run(
                 **artifacts.parameter_counts(trainer.model),
                 **timer.summary(trainer),
             }
-            # before a LoRA save merges the adapter into the weights
-            samples = validation_responses(trainer.model, tokenizer, entries["validation"][: recipe.sample_responses], recipe, prompt_format)
+        # every rank generates (under FSDP each forward needs all of them), before a LoRA save merges the adapter
+        samples = validation_responses(trainer.model, tokenizer, entries["validation"][: recipe.sample_responses], recipe, prompt_format)
 
         def card_for(artifact: str, subfolder: str = ""):
-            return job.card(artifact, metrics, Path(args.output) / subfolder, source, prompt_format)
+            return job.card(artifact, metrics, Path(args.output) / subfolder, source, prompt_format, model.config.model_type)
 
         with base.output_folder(args.output, trainer) as staging:
             registered = (save or save_model)(trainer, tokenizer, staging, card_for)
@@ -125,6 +125,6 @@ def save_model(trainer: SFTTrainer, tokenizer, folder: Path, card_for: Callable)
 
 def validation_responses(model: PreTrainedModel, tokenizer, entries: list[dict], recipe: SftRecipe, prompt_format: str) -> dict[str, list]:
     prompts = [instructions.prompt_text(entry, prompt_format, tokenizer) for entry in entries]
-    settings = generation.decoding(tokenizer, recipe.max_new_tokens)
+    settings = generation.decoding(tokenizer, generation.Decoding(recipe.max_new_tokens))
     answers = generation.generate_responses(model, tokenizer, prompts, settings, prompt_format, len(prompts) or 1)
     return {"instruction": prompts, "reference": [instructions.reference(e) for e in entries], "response": answers}

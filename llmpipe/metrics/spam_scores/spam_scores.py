@@ -2,8 +2,7 @@
 
 import datasets
 import evaluate
-from sklearn.metrics import accuracy_score
-from sklearn.metrics import precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 _INPUTS = """
 Args:
