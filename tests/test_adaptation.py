@@ -114,5 +114,12 @@ def test_metrics_of_an_older_or_broken_run_are_named_with_the_command_that_remak
     assert_refused(gather(tmp_path, ["probe"], tmp_path / "runs"), capsys.readouterr().err, culprit, "dvc repro adapt@probe")
 
 
+def test_no_methods_make_an_empty_table_that_says_so(tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    assert gather(tmp_path, [], tmp_path / "runs") == 0
+    assert "no adaptation methods compared" in capsys.readouterr().out
+    assert json.loads((tmp_path / "adaptation.json").read_text())["methods"] == {}
+
+
 def test_a_method_the_recipe_does_not_define_is_named(tmp_path, capsys):
     assert_refused(gather(tmp_path, ["adapters"], tmp_path), capsys.readouterr().err, "params.yaml", "adapters")

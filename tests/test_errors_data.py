@@ -30,7 +30,17 @@ def refused(inside, capsys, stage: str, params: str, *culprits: str, extra: tupl
 
 def test_a_missing_corpus_file_is_named(inside, capsys, tmp_path):
     params = params_with(inside, tmp_path, data_files=["data/text/the-verdit.txt"])
-    refused(inside, capsys, "tokenizer", params, "data/text/the-verdit.txt")
+    refused(inside, capsys, "tokenizer", params, "data/text/the-verdit.txt' matches no file")
+
+
+def test_a_validation_fraction_out_of_range_is_named_before_any_document_is_read(inside, capsys, tmp_path):
+    params = params_with(inside, tmp_path, data_validation_fraction=10, data_files=["data/no-such-file.txt"])
+    refused(inside, capsys, "tokenizer", params, "`data.validation_fraction` must be between 0 and 1, for example 0.1 (got 10)")
+
+
+def test_a_stage_run_before_the_one_it_reads_from_names_that_stage(inside, capsys, tmp_path):
+    refused(inside, capsys, "pretrain", str(inside / "params.yaml"), f"{tmp_path / 'corpus'}: no packed corpus here; run `llmpipe corpus` first",
+            extra=("--corpus", str(tmp_path / "corpus")))
 
 
 def test_an_empty_corpus_file_is_named(inside, capsys, tmp_path):

@@ -97,14 +97,6 @@ def test_a_recipe_name_without_a_folder_is_named(inside, capsys, tmp_path):
     assert_refused(code, capsys.readouterr().err, "recipes/tinny/corpus.yaml: file not found", "`recipe:` name in params.yaml")
 
 
-def test_a_validation_fraction_out_of_range_is_named_before_any_document_is_read(inside, capsys, tmp_path):
-    params = yaml.safe_load((inside / "params.yaml").read_text())
-    params["data"] |= {"validation_fraction": 10, "files": ["data/no-such-file.txt"]}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    code = cli.main(["tokenizer", "--params", str(tmp_path / "params.yaml")])
-    assert_refused(code, capsys.readouterr().err, "`data.validation_fraction` must be between 0 and 1, for example 0.1 (got 10)")
-
-
 def test_a_bad_params_key_is_named(inside, capsys, tmp_path):
     params = yaml.safe_load((inside / "params.yaml").read_text())
     params["mlflow"]["tracking_url"] = "x"

@@ -97,6 +97,9 @@ def test_evaluate_judges_every_test_example_of_every_model(repo):
         traces = client.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id, max_results=100)
         assert len(traces) == 6 and all(any(a.name == "judge_score" for a in t.info.assessments) for t in traces)
     assert 0 <= metrics["validity"]["auc"] <= 1 and metrics["validity"]["pairs"] == 6
+    checked = [json.loads(line) for line in (repo / "artifacts/evaluate/validity.jsonl").read_text().splitlines()]
+    assert len(checked) == 6 and all(row["reference"] != row["mismatched_reference"] for row in checked)
+    assert metrics["validity"]["reference_mean"] == pytest.approx(sum(row["reference_score"] for row in checked) / 6, abs=1e-3)
 
 
 def test_the_adaptation_experiment_tables_each_method_against_the_baseline(repo):

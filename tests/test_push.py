@@ -151,6 +151,15 @@ def test_push_from_params_does_nothing_while_off(workdir, hub, capsys):
     assert "push: off" in capsys.readouterr().out and not hub["commits"]
 
 
+def test_push_from_params_sends_the_stages_params_names_when_on(workdir, hub, capsys):
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["hub"] |= {"push": True, "stages": ["pretrain"]}  # what `dvc repro` runs as its push stage
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    assert cli.main(["push", "--from-params"]) == 0
+    assert [repo_id for repo_id, _, _ in hub["commits"]] == ["alice/llmpipe-pretrain"]
+    assert "alice/llmpipe-pretrain" in capsys.readouterr().out
+
+
 def test_a_classifiers_nested_adapter_names_its_base_by_hub_id_and_peft_card_stays_home(workdir):
     classify = workdir / "artifacts/classify"
     (classify / "adapter").mkdir(parents=True)
