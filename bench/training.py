@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 import accelerate
+import datasets
+import tokenizers
 import torch
 import transformers
 
@@ -33,6 +35,11 @@ from llmpipe.errors import UserError
 from llmpipe.runtime import atomic, throughput
 from llmpipe.stages.corpus import CorpusRecipe
 from llmpipe.stages.tokenizer import TokenizerRecipe
+
+
+def library_versions() -> dict[str, str]:
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+            "datasets": datasets.__version__, "tokenizers": tokenizers.__version__}
 
 
 def git_commit() -> str | None:
@@ -88,7 +95,7 @@ def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool,
     return {
         "recipe": str(recipe),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__},
+        "versions": library_versions(),
         "commit": git_commit(),
         "parameters": parameters,
         "batch": defaults["micro_batch"], "context": shape["context"], "bf16": shape["bf16"], "compile": compile,
@@ -221,33 +228,36 @@ def run(args: argparse.Namespace) -> None:
     parts = set(args.parts.split(","))
     results = json.loads(args.output.read_text()) if args.output.is_file() else {}  # parts not measured keep their figures
 
-    def save() -> None:  # after each part, so a part that fails or runs out of time keeps the ones before it
+    def save(*measured: str) -> None:  # after each part, so a part that fails or runs out of time keeps the ones before it
+        stamp = {"commit": git_commit(), "versions": library_versions(), "date": time.strftime("%Y-%m-%d")}
+        results.setdefault("measured_at", {}).update(dict.fromkeys(measured, stamp))  # parts kept from earlier runs keep theirs
         atomic.write_text(args.output, json.dumps(results, indent=2) + "\n")
 
     if "training" in parts:
         variants = None if args.variants is None else [name for name in args.variants.split(",") if name]
         results["training"] = training(args.recipe, args.steps, args.warmup, args.repeats, args.compile, variants, args.bf16, args.budget)
-        save()
+        save("training")
     if "host_reads" in parts:
         results["host_reads"] = host_reads.measure(args.recipe, args.steps, args.compile)
-        save()
+        save("host_reads")
     if "overhead" in parts:
         results["host_overhead"] = host_overhead.measure(args.recipe, compile=args.compile)
-        save()
+        save("host_overhead")
     if "profile" in parts:
         results["profile"] = profiling.measure(args.recipe, args.steps, args.warmup, args.compile)
-        save()
+        save("profile")
     if parts & {"tokenizer", "corpus"}:
         corpus = dataclasses.asdict(config.load(CorpusRecipe, args.recipe / "corpus.yaml"))
         recipe = corpus | {"num_proc": 1}  # one process: its memory is the peak
         vocab = config.load(TokenizerRecipe, args.recipe / "tokenizer.yaml").trainer.get("vocab_size", loops.GPT2_VOCAB)
         corpus_mb = [float(size) for size in args.corpus_mb.split(",")] if "corpus" in parts else []
         data = data_stages.measure(args.tokenizer_mb, vocab, corpus_mb, args.repeats, args.corpus_repeats, recipe)
-        results |= data if "tokenizer" in parts else {"corpus_stage": data["corpus_stage"]}
-        save()
+        measured = data if "tokenizer" in parts else {"corpus_stage": data["corpus_stage"]}
+        results |= measured
+        save(*measured)
     if "judge" in parts:
         results["judge"] = judge.measure(args.judge, Path("data/instruction-data.json"), args.judge_examples)
-        save()
+        save("judge")
     print_tables(results)
     print(f"-> {args.output}")
 

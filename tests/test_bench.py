@@ -99,6 +99,8 @@ def test_a_part_that_fails_leaves_the_parts_measured_before_it_in_the_output(tmp
         training.main()
     saved = json.loads(output.read_text())
     assert saved["training"]["trainer_tokens_per_second"] > 0 and "profile" not in saved
+    assert list(saved["measured_at"]) == ["training"] and {"torch", "datasets"} <= set(saved["measured_at"]["training"]["versions"])
+    assert saved["measured_at"]["training"]["commit"]  # which code measured it
 
 
 def test_variants_that_change_nothing_in_a_recipe_are_left_out():
