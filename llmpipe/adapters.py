@@ -23,14 +23,17 @@ from transformers.pytorch_utils import Conv1D
 from llmpipe.errors import UserError
 
 
+def transposed_weights(model: PreTrainedModel) -> dict:
+    """`fan_in_fan_out` for PEFT where the model's linear layers are Conv1D (GPT-2's: weights stored transposed)."""
+    return {"fan_in_fan_out": True} if any(isinstance(module, Conv1D) for module in model.modules()) else {}
+
+
 def lora_config(settings: dict, task_type: TaskType, model: PreTrainedModel) -> LoraConfig:
     """The recipe's `lora` section over the book's defaults: r 16, alpha 16, every linear layer of the
     decoder (PEFT's `all-linear` finds them in any architecture: GPT-2's c_attn, c_proj, c_fc; Llama's
     q/k/v/o_proj and gate/up/down_proj; never the output layer). GPT-2's linear layers are Conv1D
     (weights stored transposed), which `fan_in_fan_out` tells PEFT."""
-    defaults = {"r": 16, "lora_alpha": 16, "target_modules": "all-linear"}
-    if any(isinstance(module, Conv1D) for module in model.modules()):
-        defaults["fan_in_fan_out"] = True
+    defaults = {"r": 16, "lora_alpha": 16, "target_modules": "all-linear", **transposed_weights(model)}
     return LoraConfig(task_type=task_type, **{**defaults, **settings})
 
 
@@ -55,9 +58,7 @@ def peft_config(method: str, settings: dict, task_type: TaskType, model: PreTrai
             f"which {type(model).__name__} in transformers {transformers.__version__} no longer takes (it is `cache` "
             "now); use prompt_tuning, p_tuning or ia3 until PEFT follows"
         )
-    defaults = dict(PEFT_DEFAULTS.get(method, {}))
-    if method == "ia3" and any(isinstance(module, Conv1D) for module in model.modules()):
-        defaults["fan_in_fan_out"] = True
+    defaults = {**PEFT_DEFAULTS.get(method, {}), **(transposed_weights(model) if method == "ia3" else {})}
     return PEFT_METHODS[method](task_type=task_type, **{**defaults, **settings})
 
 

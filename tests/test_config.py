@@ -169,8 +169,8 @@ def test_every_recipe_folder_has_every_stage():
 
 
 def test_cli_reports_a_missing_recipe_without_traceback(tmp_path, capsys):
-    assert_refused(cli.main(["corpus", "--recipe", str(tmp_path / "missing.yaml")]), capsys.readouterr().err,
-                   "missing.yaml: file not found")
+    argv = ["corpus", "--params", str(REPO / "params.yaml"), "--recipe", str(tmp_path / "missing.yaml")]
+    assert_refused(cli.main(argv), capsys.readouterr().err, "missing.yaml: file not found")
 
 
 @pytest.mark.parametrize("command", cli.COMMANDS)

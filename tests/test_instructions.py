@@ -76,6 +76,23 @@ def test_malformed_data_is_named(tmp_path, content, message):
         instructions.load(path)
 
 
+def test_a_bad_jsonl_entry_is_named_by_its_line(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"instruction": "a", "output": "b"}\n\n{"instruction": "c"}\n')  # a blank line between
+    with pytest.raises(UserError, match=r"data\.jsonl:3: missing `output`"):
+        instructions.load(path)
+
+
+def test_a_conversation_the_alpaca_prompt_cannot_show_names_the_setting_that_can(tmp_path):
+    path = tmp_path / "data.json"
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    path.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"messages": turns}, {"instruction": "c", "output": "d"}]))
+    thirds = {"train": 1 / 3, "validation": 1 / 3, "test": 1 / 3}
+    with pytest.raises(UserError, match=r"data\.json: entry 1: a system message or several turns.*`prompt_format: chat` in recipes/x/instructions\.yaml"):
+        instructions.InstructionTask(split=thirds).splits(path, Path("recipes/x/instructions.yaml"))
+    assert instructions.InstructionTask(split=thirds, prompt_format="chat").splits(path, Path("i.yaml"))["validation"] == [{"messages": turns}]
+
+
 def stage_job(stage: str, recipe_folder: Path, params: Path, *extra: str):
     """The job a stage builds from its command line (`--recipe` in `recipe_folder`), nothing run."""
     module = importlib.import_module(f"llmpipe.stages.{stage}")
@@ -86,7 +103,8 @@ def stage_job(stage: str, recipe_folder: Path, params: Path, *extra: str):
     return base.begin(args, stage, schema)
 
 
-def test_sft_and_lora_never_train_on_what_evaluate_tests(tmp_path):
+def test_sft_and_lora_never_train_on_what_evaluate_tests(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # params.yaml names the instruction data relative to the repository root
     recipe = tmp_path / "recipe"
     shutil.copytree(REPO / "recipes/test", recipe)
     (recipe / "instructions.yaml").write_text("split: {train: 0.6, validation: 0.1, test: 0.3}\nprompt_format: chat\n")

@@ -38,21 +38,27 @@ class InstructionTask:
 
     def splits(self, data_file: str | Path, source: Path) -> dict[str, list[dict]]:
         """The data file's entries cut by `split`; `source` (this settings file) is named in errors."""
-        return split(load(data_file), self.split, source)
+        return split(load(data_file, self.prompt_format, source), self.split, source)
 
 
-def load(path: str | Path) -> list[dict]:
+def load(path: str | Path, prompt_format: str | None = None, settings: object = "instructions.yaml") -> list[dict]:
+    """Every entry, checked; with a `prompt_format`, also that the format can show it (`settings` names
+    where the format is set). An error names the entry: its line in a JSONL file, its index in a JSON list."""
     path = Path(path)
     text = read_text(path, "params.yaml `instruction_data`")
     if path.suffix == ".jsonl":
-        entries = [_parse(line, path, number) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+        located = [(f"{path}:{number}", _parse(line, path, number)) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
     else:
         entries = _parse(text, path)
-    if not isinstance(entries, list) or not entries:
+        located = [(f"{path}: entry {index}", entry) for index, entry in enumerate(entries)] if isinstance(entries, list) else []
+    if not located:
         raise UserError(f"{path}: expected a non-empty list of entries")
-    for index, entry in enumerate(entries):
-        _check(entry, index, path)
-    return entries
+    for where, entry in located:
+        _check(entry, where)
+        if prompt_format == "alpaca" and "messages" in entry and [m["role"] for m in entry["messages"]] != ["user", "assistant"]:
+            raise UserError(f"{where}: a system message or several turns, which the Alpaca prompt cannot show; "
+                            f"set `prompt_format: chat` in {settings}")
+    return [entry for _, entry in located]
 
 
 def _parse(text: str, path: Path, first_line: int = 1):
@@ -63,8 +69,7 @@ def _parse(text: str, path: Path, first_line: int = 1):
         raise UserError(f"{path}: not valid JSON at line {line}, column {err.colno}: {err.msg}") from None
 
 
-def _check(entry: object, index: int, path: Path) -> None:
-    where = f"{path}: entry {index}"
+def _check(entry: object, where: str) -> None:
     if not isinstance(entry, dict):
         raise UserError(f"{where}: expected an object, got {type(entry).__name__}")
     if "messages" in entry:
