@@ -22,10 +22,18 @@ from llmpipe.runtime import mixed_precision, throughput
 from llmpipe.stages import base
 from llmpipe.stages.corpus import CorpusRecipe
 from llmpipe.stages.pretrain import PretrainRecipe
-from llmpipe.stages.tokenizer import TokenizerRecipe
+from llmpipe.stages.tokenizer import BPE_TRAINER_VOCAB, TokenizerRecipe
 
 GPT2_VOCAB = 50257
 LOGGING_STEPS = 10  # both loops read the loss and gradient norm back this often
+
+
+def vocab_size(tokenizer: TokenizerRecipe) -> int | None:
+    """The vocabulary the tokenizer stage makes: GPT-2's, or the trained one's (BpeTrainer's default 30,000 when
+    the recipe names none); None for another model's tokenizer."""
+    if tokenizer.init_from is None:
+        return tokenizer.trainer.get("vocab_size", BPE_TRAINER_VOCAB)
+    return GPT2_VOCAB if tokenizer.init_from == "gpt2" else None
 
 
 def recipe_shape(recipe: Path, bf16: bool = False, compile: bool = False) -> dict:
@@ -34,11 +42,10 @@ def recipe_shape(recipe: Path, bf16: bool = False, compile: bool = False) -> dic
     tokenizer = config.load(TokenizerRecipe, recipe / "tokenizer.yaml")
     corpus = config.load(CorpusRecipe, recipe / "corpus.yaml")
     pretrain = config.load(PretrainRecipe, recipe / "pretrain.yaml")
-    trained = tokenizer.init_from is None and "vocab_size" in tokenizer.trainer
-    if pretrain.init_from or not (trained or tokenizer.init_from == "gpt2"):
-        raise UserError(f"{recipe}: the bench builds a GPT-2 from the pretrain recipe's `model` with a trained (`trainer.vocab_size`) "
-                        f"or GPT-2's tokenizer; this recipe starts from other weights: use recipes/tiny or recipes/gpt2-book")
-    vocab = GPT2_VOCAB if tokenizer.init_from == "gpt2" else tokenizer.trainer["vocab_size"]
+    vocab = vocab_size(tokenizer)
+    if pretrain.init_from or vocab is None:
+        raise UserError(f"{recipe}: the bench builds a GPT-2 from the pretrain recipe's `model` with a trained or GPT-2's "
+                        f"tokenizer; this recipe starts from other weights: use recipes/tiny or recipes/gpt2-book")
     training = pretrain.training
     return {
         # as the stage builds it: ids from the tokenizer, no pad_token_id, no KV cache while training

@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> None:
     if parts & {"tokenizer", "corpus"}:
         corpus = dataclasses.asdict(config.load(CorpusRecipe, args.recipe / "corpus.yaml"))
         recipe = corpus | {"num_proc": 1}  # one process: its memory is the peak
-        vocab = config.load(TokenizerRecipe, args.recipe / "tokenizer.yaml").trainer.get("vocab_size", loops.GPT2_VOCAB)
+        vocab = loops.vocab_size(config.load(TokenizerRecipe, args.recipe / "tokenizer.yaml")) or loops.GPT2_VOCAB  # BPE trained anyway
         corpus_mb = [float(size) for size in args.corpus_mb.split(",")] if "corpus" in parts else []
         data = data_stages.measure(args.tokenizer_mb, vocab, corpus_mb, args.repeats, args.corpus_repeats, recipe)
         measured = data if "tokenizer" in parts else {"corpus_stage": data["corpus_stage"]}

@@ -20,6 +20,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
+from llmpipe import artifacts
 from llmpipe.errors import UserError
 
 
@@ -60,6 +61,14 @@ def peft_config(method: str, settings: dict, task_type: TaskType, model: PreTrai
         )
     defaults = {**PEFT_DEFAULTS.get(method, {}), **(transposed_weights(model) if method == "ia3" else {})}
     return PEFT_METHODS[method](task_type=task_type, **{**defaults, **settings})
+
+
+def text_positions(model) -> int:
+    """Positions left for the text: the model's context, less a prompt-learning adapter's virtual tokens
+    (PEFT puts them in front of the text)."""
+    config = getattr(model, "active_peft_config", None)
+    virtual = config.num_virtual_tokens if config is not None and config.is_prompt_learning else 0
+    return artifacts.context_length(model) - virtual
 
 
 def bias_terms(model: PreTrainedModel) -> list[nn.Parameter]:

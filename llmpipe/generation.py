@@ -28,13 +28,20 @@ class Decoding:
 
 def decoding(tokenizer: PreTrainedTokenizerBase, settings: Decoding) -> GenerationConfig:
     """temperature 0 means greedy, as in the book; otherwise sample from the scaled, filtered distribution."""
-    sampling = {"do_sample": True, "temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p}
+    # top_k 0, not None: transformers fills None with its default of 50, and an unset filter means none here
+    sampling = {"do_sample": True, "temperature": settings.temperature, "top_k": settings.top_k or 0, "top_p": settings.top_p}
     return GenerationConfig(
         max_new_tokens=settings.max_new_tokens,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         **(sampling if settings.temperature > 0 else {"do_sample": False}),
     )
+
+
+def with_every_rank() -> bool:
+    """Whether generation runs in several processes at once (the training stages' samples): each rank then
+    steps until all have finished, since under FSDP every forward needs every rank (`synced_gpus`)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
 
 
 def check_prompt(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int) -> None:
@@ -62,7 +69,7 @@ def continue_text(
     inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
     n_prompt = inputs["input_ids"].shape[1]
     with torch.inference_mode():
-        output = model.generate(**inputs, generation_config=settings, streamer=streamer)
+        output = model.generate(**inputs, generation_config=settings, streamer=streamer, synced_gpus=with_every_rank())
     return tokenizer.decode(output[0, n_prompt:], skip_special_tokens=True)
 
 
@@ -115,7 +122,7 @@ def generate_responses(
             width = inputs["input_ids"].shape[1]
             batch_settings = copy.copy(settings)
             batch_settings.max_new_tokens = min(settings.max_new_tokens, context - width)
-            output = model.generate(**inputs, generation_config=batch_settings)
+            output = model.generate(**inputs, generation_config=batch_settings, synced_gpus=with_every_rank())
             for i, row in zip(batch, output[:, width:].tolist()):
                 text = tokenizer.decode(until_eos(row, eos_ids), skip_special_tokens=True)
                 responses[i] = clean(text, prompt_format)

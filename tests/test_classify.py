@@ -1,10 +1,12 @@
 
 import torch
-from peft import PeftModel
+from peft import PeftModel, TaskType, get_peft_model
+from transformers import AutoModelForCausalLM
 
+from llmpipe import adapters, cli
 from llmpipe.artifacts import parameter_counts
 from llmpipe.stages.classify import select_trainable
-from tests.conftest import run_cli
+from tests.conftest import assert_refused, run_cli
 
 
 def classifier(tiny_model, tokenizer, tmp_path):
@@ -50,3 +52,12 @@ def test_classify_text_prints_label_and_probability_per_text(tiny_model, tokeniz
         label, score, echoed = line.split("\t")
         assert echoed == text and label == ["ham", "spam"][int(p.argmax())]
         assert abs(float(score) - float(p.max())) < 1e-3
+
+
+def test_a_text_generation_adapter_given_to_classify_text_is_named(tiny_model, tokenizer, tmp_path, capsys):
+    tiny_model.save_pretrained(tmp_path / "base")
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    get_peft_model(base, adapters.lora_config({"r": 2}, TaskType.CAUSAL_LM, base)).save_pretrained(tmp_path / "adapter")
+    tokenizer.save_pretrained(tmp_path / "adapter")
+    assert_refused(cli.main(["classify-text", "--model", str(tmp_path / "adapter"), "Hi"]), capsys.readouterr().err,
+                   f"{tmp_path / 'adapter'}: a PEFT adapter for CAUSAL_LM, not a classifier")

@@ -68,3 +68,14 @@ def test_cli_names_a_folder_without_a_model(tmp_path):
     result = run_cli("generate", "--model", str(tmp_path), "--prompt", "hi")
     assert result.returncode == 2 and str(tmp_path) in result.stderr and "cannot load" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sampling_without_top_k_draws_from_every_token(tiny_model, tokenizer):
+    """transformers would fill an unset top_k with 50; unset here means no filter, as the book samples."""
+    torch.manual_seed(0)
+    settings = decoding(tokenizer, Decoding(60, temperature=5.0))
+    inputs = tokenizer("I had", return_tensors="pt")
+    out = tiny_model.generate(**inputs, generation_config=settings, return_dict_in_generate=True, output_logits=True)
+    drawn = out.sequences[0, inputs["input_ids"].shape[1]:]
+    ranks = [int((logits[0] > logits[0, token]).sum()) for logits, token in zip(out.logits, drawn)]
+    assert max(ranks) >= 50  # a top-50 filter would never draw these

@@ -3,10 +3,10 @@
 import argparse
 from pathlib import Path
 
-from peft import PeftConfig
+from peft import PeftConfig, TaskType
 from transformers import pipeline
 
-from llmpipe import artifacts
+from llmpipe import adapters, artifacts
 from llmpipe.data import spam
 from llmpipe.errors import UserError
 
@@ -20,14 +20,16 @@ def main(args: argparse.Namespace) -> None:
     if empty := [i for i, text in enumerate(args.texts, 1) if not text.strip()]:
         raise UserError(f"text {empty[0]} is empty; give each TEXT some words")
     if (Path(args.model) / "adapter_config.json").is_file():  # prompt or p-tuning: the adapter alone, on the base it names
-        base = PeftConfig.from_pretrained(args.model).base_model_name_or_path
-        model = artifacts.load_for_task(args.model, "text-classification", base, spam.LABELS)
+        adapter = PeftConfig.from_pretrained(args.model)
+        if adapter.task_type != TaskType.SEQ_CLS:
+            raise UserError(f"{args.model}: a PEFT adapter for {adapter.task_type}, not a classifier: point --model at the "
+                            "classify stage's folder (artifacts/classify) or an adaptation method's (artifacts/adaptation/<method>)")
+        model = artifacts.load_for_task(args.model, "text-classification", adapter.base_model_name_or_path, spam.LABELS)
     else:
         model = artifacts.load_for_task(args.model, "text-classification")
     if set(model.config.id2label.values()) != set(spam.LABELS):
         raise UserError(f"{args.model}: labels {sorted(model.config.id2label.values())}, not {'/'.join(spam.LABELS)}: "
                         "point --model at the classify stage's folder (artifacts/classify)")
     classifier = pipeline("text-classification", model=model, tokenizer=artifacts.load_tokenizer(args.model))
-    context = artifacts.context_length(model)
-    for text, result in zip(args.texts, classifier(args.texts, truncation=True, max_length=context)):
+    for text, result in zip(args.texts, classifier(args.texts, truncation=True, max_length=adapters.text_positions(model))):
         print(f"{result['label']}\t{result['score']:.3f}\t{text}")

@@ -55,7 +55,7 @@ def load(path: str | Path, prompt_format: str | None = None, settings: object = 
         raise UserError(f"{path}: expected a non-empty list of entries")
     for where, entry in located:
         _check(entry, where)
-        if prompt_format == "alpaca" and "messages" in entry and [m["role"] for m in entry["messages"]] != ["user", "assistant"]:
+        if prompt_format == "alpaca" and not alpaca_can_show(entry):
             raise UserError(f"{where}: a system message or several turns, which the Alpaca prompt cannot show; "
                             f"set `prompt_format: chat` in {settings}")
     return [entry for _, entry in located]
@@ -100,13 +100,17 @@ def as_messages(entry: dict) -> list[dict]:
     return [{"role": "user", "content": request}, {"role": "assistant", "content": entry["output"]}]
 
 
+def alpaca_can_show(entry: dict) -> bool:
+    """The Alpaca prompt holds one request and its answer: no system message, no further turns."""
+    return "messages" not in entry or [m["role"] for m in entry["messages"]] == ["user", "assistant"]
+
+
 def alpaca_prompt(entry: dict) -> str:
     """The book's `format_input` plus the response marker: everything the model sees before answering."""
+    if not alpaca_can_show(entry):
+        raise UserError("an entry with system or several turns needs `prompt_format: chat`")
     if "messages" in entry:
-        messages = entry["messages"]
-        if [m["role"] for m in messages] != ["user", "assistant"]:
-            raise UserError("an entry with system or several turns needs `prompt_format: chat`")
-        entry = {"instruction": messages[0]["content"], "output": messages[1]["content"]}
+        entry = {"instruction": entry["messages"][0]["content"], "output": entry["messages"][1]["content"]}
     text = f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{entry['instruction']}"
     if entry.get("input"):
         text += f"\n\n### Input:\n{entry['input']}"

@@ -119,9 +119,9 @@ def main(args: argparse.Namespace) -> None:
             # PEFT feeds the prompt as embeddings, so the head cannot find the last real token by its id: pad on
             # the left, where the last position is always a real token (saved with the tokenizer)
             tokenizer.padding_side = "left"
-        max_length = recipe.max_length or artifacts.context_length(model)
-        encoded = splits.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length), batched=True)
         model = select_trainable(model, recipe.trainable, getattr(recipe, recipe.trainable, {}))
+        max_length = min(recipe.max_length or adapters.text_positions(model), adapters.text_positions(model))
+        encoded = splits.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length), batched=True)
         counts = artifacts.parameter_counts(model)
         trainer = Trainer(
             model=model,

@@ -19,6 +19,8 @@ from llmpipe.hub import cards
 from llmpipe.runtime import atomic
 from llmpipe.stages import base
 
+BPE_TRAINER_VOCAB = 30000  # tokenizers' BpeTrainer default, where a recipe names no vocab_size
+
 
 @dataclass
 class TokenizerRecipe:
@@ -36,7 +38,7 @@ def check_trainer(recipe: TokenizerRecipe, source: str | Path) -> None:
     """The recipe's `trainer` section, checked before any document is read."""
     base.reject_owned(recipe.trainer, ("initial_alphabet",), f"{source}: `trainer", "GPT-2's scheme (every byte is a token)")
     smallest = len(pre_tokenizers.ByteLevel.alphabet()) + len(specials := special_tokens(recipe))
-    if recipe.trainer.get("vocab_size", 30000) < smallest:
+    if recipe.trainer.get("vocab_size", BPE_TRAINER_VOCAB) < smallest:
         raise UserError(f"{source}: `trainer.vocab_size` must be at least {smallest} (256 bytes + {len(specials)} special tokens)")
 
 
