@@ -29,9 +29,9 @@ def test_each_method_trains_its_share_and_reloads_with_the_reported_test_accurac
     assert accuracy == pytest.approx(reported["test_accuracy"], abs=1 / messages)
     capsys.readouterr()
     longer_than_the_context = "Reply WIN now. " * 400  # cut to fit, with a prompt adapter's virtual tokens in front
-    assert cli.main(["classify-text", "--model", str(tmp_path / "out"), "Free prize! Reply WIN now.", longer_than_the_context]) == 0
+    assert cli.main(["classify-text", "--model", str(out), "Free prize! Reply WIN now.", longer_than_the_context]) == 0
     assert [line.split("\t")[0] in ("ham", "spam") for line in capsys.readouterr().out.splitlines()] == [True, True]  # not LABEL_0
-    card = (tmp_path / "out" / "README.md").read_text()
+    card = (out / "README.md").read_text()
     exec(card.split("```python\n")[1].split("```")[0], {})  # the card's usage snippet runs as it stands
     assert re.search(r"'label': '(ham|spam)'", capsys.readouterr().out)
 
