@@ -4,6 +4,7 @@ itself (the last decoder block and the final norm, book ch6; the bias terms, Bit
 
 import inspect
 from pathlib import Path
+from typing import Callable
 
 import peft
 import transformers
@@ -11,13 +12,14 @@ from peft import (
     IA3Config,
     LoraConfig,
     PeftConfig,
+    PeftModel,
     PrefixTuningConfig,
     PromptEncoderConfig,
     PromptTuningConfig,
     TaskType,
 )
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, Trainer
 from transformers.pytorch_utils import Conv1D
 
 from llmpipe import artifacts
@@ -97,11 +99,14 @@ def last_block_and_final_norm(model: PreTrainedModel) -> tuple[nn.Module, nn.Mod
     return children[blocks[0]][-1], after[0]
 
 
-def save_adapter_and_merged(model, tokenizer, adapter_dir: Path, merged_dir: Path) -> None:
-    """The adapter (loads with PeftModel.from_pretrained on the base) and the base with the adapter
-    merged in (loads with stock from_pretrained), each with the tokenizer."""
-    model.save_pretrained(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
-    merged = model.merge_and_unload()
-    merged.save_pretrained(str(merged_dir))
-    tokenizer.save_pretrained(str(merged_dir))
+def save_adapter_and_merged(trainer: Trainer, adapter_dir: Path, merged_dir: Path, load_base: Callable[[], PreTrainedModel]) -> None:
+    """The adapter (loads with PeftModel.from_pretrained on the base) and the base with it merged in (loads
+    with stock from_pretrained), each with the tokenizer. Every rank calls it: Trainer's `save_model` gathers
+    the adapter's weights where FSDP or DeepSpeed shard them. Rank 0 then merges the saved adapter into a
+    fresh base from `load_base()` (the trained model may be sharded), so the merged folder is exactly what
+    the adapter folder loads to."""
+    trainer.save_model(str(adapter_dir))
+    if trainer.is_world_process_zero():
+        merged = PeftModel.from_pretrained(load_base(), str(adapter_dir)).merge_and_unload()
+        merged.save_pretrained(str(merged_dir))
+        trainer.processing_class.save_pretrained(str(merged_dir))

@@ -5,6 +5,7 @@ library class (`GPT2Config`, `TrainingArguments`, `BpeTrainer`, ...): its keys a
 class's own arguments, so a recipe uses the library's names and nothing is translated.
 """
 
+import argparse
 import dataclasses
 import difflib
 import enum
@@ -36,6 +37,22 @@ def checked(default: Any, accept: Callable[[Any], bool], rule: str) -> Any:
 
 def at_least(minimum: int, default: Any) -> Any:
     return checked(default, lambda value: value >= minimum, f"at least {minimum}")
+
+
+def option_type(schema: type, name: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse's `type` for a command-line option that sets `schema`'s field `name`: the text converted, then
+    held to the field's `checked` rule, so that argparse names the option in the error."""
+    field = next(field for field in dataclasses.fields(schema) if field.name == name)
+
+    def parse(text: str) -> Any:
+        value = convert(text)
+        accept = field.metadata.get("accept")
+        if accept is not None and not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {field.metadata['rule']} (got {value})")
+        return value
+
+    parse.__name__ = convert.__name__  # argparse's "invalid int value: 'x'"
+    return parse
 
 
 def load_yaml(path: str | Path) -> dict:

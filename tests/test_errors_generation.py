@@ -31,11 +31,17 @@ def test_a_pretrain_sample_longer_than_the_context_is_refused_before_training(in
     assert (outputs_snapshot(inside), sorted((inside / "checkpoints/pretrain").rglob("*"))) == before  # --restart kept them
 
 
-def test_impossible_sampling_filters_are_refused(inside, capsys):
-    for option, value, culprit in (("--top-k", "0", "llmpipe generate: `top_k` must be at least 1"),
-                                   ("--top-p", "1.5", "`top_p` must be in (0, 1]"), ("--temperature", "-1", "`temperature` must be 0")):
-        code = cli.main(["generate", "--model", "artifacts/pretrain", "--prompt", "I had", "--temperature", "1", option, value])
-        assert_refused(code, capsys.readouterr().err, culprit)
+def test_impossible_decoding_options_are_refused_by_name_before_the_model_loads(capsys):
+    for option, value, culprit in (("--top-k", "0", "argument --top-k: must be at least 1"),
+                                   ("--top-p", "1.5", "argument --top-p: must be in (0, 1]"),
+                                   ("--temperature", "-1", "argument --temperature: must be 0"),
+                                   ("--max-new-tokens", "0", "argument --max-new-tokens: must be at least 1 (got 0)"),
+                                   ("--top-k", "many", "argument --top-k: invalid int value: 'many'")):
+        with pytest.raises(SystemExit) as refused:
+            cli.main(["generate", "--model", "no/such/model", "--prompt", "I had", "--temperature", "1", option, value])
+        err = capsys.readouterr().err
+        assert refused.value.code == 2 and err.count("error:") == 1 and "Traceback" not in err
+        assert f"llmpipe generate: error: {culprit}" in err
 
 
 def judge(base_url: str, **settings) -> dict:

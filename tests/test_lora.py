@@ -2,7 +2,7 @@ import copy
 
 import torch
 from peft import PeftModel, TaskType, get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 from llmpipe import adapters
 
@@ -20,13 +20,18 @@ def test_merged_model_equals_base_plus_adapter(tiny_model, tokenizer, tmp_path):
         base_logits = tiny_model(**inputs).logits
     assert not torch.allclose(expected, base_logits, atol=1e-3)
 
-    adapters.save_adapter_and_merged(peft_model, tokenizer, tmp_path / "out" / "adapter", tmp_path / "out" / "merged")
+    trainer = Trainer(peft_model, TrainingArguments(tmp_path / "checkpoints", report_to=[], use_cpu=True), processing_class=tokenizer)
+    adapters.save_adapter_and_merged(
+        trainer, tmp_path / "out" / "adapter", tmp_path / "out" / "merged", lambda: AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    )
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
     reloaded = PeftModel.from_pretrained(base, tmp_path / "out" / "adapter").eval()
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "merged").eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(merged(**inputs).logits, expected, atol=1e-4, rtol=1e-4)
+    for folder in ("adapter", "merged"):
+        assert AutoTokenizer.from_pretrained(tmp_path / "out" / folder).get_vocab() == tokenizer.get_vocab()
 
 
 def test_default_targets_every_linear_layer_of_gpt2(tiny_model):

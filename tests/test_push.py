@@ -41,7 +41,10 @@ def workdir(tmp_path, monkeypatch, tiny_model, tokenizer):
     (pretrain / "training_args.bin").write_bytes(b"a pickle")
     base = AutoModelForCausalLM.from_pretrained("artifacts/pretrain")
     lora = get_peft_model(base, adapters.lora_config({"r": 2, "target_modules": ["c_attn"]}, TaskType.CAUSAL_LM, base))
-    adapters.save_adapter_and_merged(lora, tokenizer, tmp_path / "artifacts/lora/adapter", tmp_path / "artifacts/lora/merged")
+    lora.save_pretrained(tmp_path / "artifacts/lora/adapter")
+    lora.merge_and_unload().save_pretrained(tmp_path / "artifacts/lora/merged")
+    for folder in ("adapter", "merged"):
+        tokenizer.save_pretrained(tmp_path / "artifacts/lora" / folder)
     made = dict(recipe="tiny", settings={"training.learning_rate": 0.003}, data=["data/text/tinyshakespeare.txt"], hub_data=[])
     for folder, artifact, base_model in (("pretrain", "pretrain", None), ("lora/adapter", "lora", "artifacts/pretrain")):
         facts = cards.CardFacts(artifact=artifact, metrics={"val_loss": 4.5}, base_model=base_model, **made)

@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import functools
 
 from transformers import TextStreamer, set_seed
 
@@ -10,18 +11,18 @@ from llmpipe.generation import Decoding, continue_text, decoding
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    held_to_rule = functools.partial(config.option_type, Decoding)  # Decoding's checks, named by option
     parser.add_argument("--model", required=True, help="model folder (e.g. artifacts/pretrain) or Hub id")
     parser.add_argument("--prompt", required=True, help="the text to continue")
-    parser.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate (default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 samples")
-    parser.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
-    parser.add_argument("--top-p", type=float, default=None, help="sample only within this cumulative probability")
+    parser.add_argument("--max-new-tokens", type=held_to_rule("max_new_tokens", int), default=50, help="tokens to generate (default: %(default)s)")
+    parser.add_argument("--temperature", type=held_to_rule("temperature", float), default=0.0, help="0 = greedy (default); >0 samples")
+    parser.add_argument("--top-k", type=held_to_rule("top_k", int), default=None, help="sample only among the k most likely tokens")
+    parser.add_argument("--top-p", type=held_to_rule("top_p", float), default=None, help="sample only within this cumulative probability")
     parser.add_argument("--seed", type=int, default=123, help="random seed for sampling (default: %(default)s)")
 
 
 def main(args: argparse.Namespace) -> None:
-    options = {field.name: getattr(args, field.name) for field in dataclasses.fields(Decoding)}
-    settings = config.build(Decoding, options, source="llmpipe generate")
+    settings = Decoding(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Decoding)})
     tokenizer = artifacts.load_tokenizer(args.model)
     model = artifacts.load_causal_lm(args.model).eval()
     artifacts.check_vocabulary(model, tokenizer, args.model)

@@ -204,7 +204,8 @@ def output_folder(target: str | Path, trainer: Trainer) -> Iterator[Path]:
     if trainer.is_world_process_zero():
         with atomic.directory(target) as staging:
             yield staging
-            (staging / TRAINING_ARGS_NAME).unlink(missing_ok=True)
+            for pickled in staging.rglob(TRAINING_ARGS_NAME):
+                pickled.unlink()
     else:
         with tempfile.TemporaryDirectory() as scratch:
             yield Path(scratch)

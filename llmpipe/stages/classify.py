@@ -105,8 +105,9 @@ def main(args: argparse.Namespace) -> None:
     )
     splits = spam.balanced_splits(spam.read_messages(job.params.classify_data), recipe.split, job.recipe_path)
     source = recipe.init_from or args.base
-    changes = config_changes(recipe, source, job.recipe_path)
     tokenizer = artifacts.load_tokenizer(source)
+    # the head finds each text's last token by the tokenizer's padding id
+    changes = config_changes(recipe, source, job.recipe_path) | {"pad_token_id": tokenizer.pad_token_id}
 
     with job.tracker:
         job.log_config()
@@ -114,13 +115,13 @@ def main(args: argparse.Namespace) -> None:
         set_seed(training.seed)
         model = load_classifier(source, changes)
         artifacts.check_vocabulary(model, tokenizer, source)
-        model.config.pad_token_id = tokenizer.pad_token_id
         if recipe.trainable in adapters.PROMPT_AS_EMBEDDINGS:
             # PEFT feeds the prompt as embeddings, so the head cannot find the last real token by its id: pad on
             # the left, where the last position is always a real token (saved with the tokenizer)
             tokenizer.padding_side = "left"
         model = select_trainable(model, recipe.trainable, getattr(recipe, recipe.trainable, {}))
-        max_length = min(recipe.max_length or adapters.text_positions(model), adapters.text_positions(model))
+        room = adapters.text_positions(model)
+        max_length = min(recipe.max_length or room, room)
         encoded = splits.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length), batched=True)
         counts = artifacts.parameter_counts(model)
         trainer = Trainer(
@@ -145,10 +146,9 @@ def main(args: argparse.Namespace) -> None:
         is_adapter = recipe.trainable in adapters.PEFT_METHODS and recipe.trainable not in adapters.MERGEABLE  # saved alone
         with base.output_folder(args.output, trainer) as staging:
             if recipe.trainable in adapters.MERGEABLE:
-                adapters.save_adapter_and_merged(model, tokenizer, staging / "adapter", staging)
-            else:  # a full model folder, or (prompt and prefix tuning) the adapter alone
+                adapters.save_adapter_and_merged(trainer, staging / "adapter", staging, lambda: load_classifier(source, changes))
+            else:  # a full model folder, or (prompt and prefix tuning) the adapter alone, with the tokenizer
                 trainer.save_model(str(staging))
-                tokenizer.save_pretrained(staging)
             artifact = "classify-adapter" if is_adapter else "classify"
             cards.write(staging, card := job.card(artifact, metrics, args.output, source, model_type=model.config.model_type))
         if not trainer.is_world_process_zero():

@@ -23,9 +23,9 @@ def lora_config(recipe: LoraRecipe, model) -> LoraConfig:
     return adapters.lora_config(recipe.lora, TaskType.CAUSAL_LM, model)
 
 
-def save(trainer, tokenizer, folder: Path, card_for: Callable) -> tuple[str, object, bool]:
+def save(trainer, folder: Path, card_for: Callable, load_base: Callable) -> tuple[str, object, bool]:
     """The adapter (registered in MLflow as an adapter) and the merged model, each with its card."""
-    adapters.save_adapter_and_merged(trainer.model, tokenizer, folder / "adapter", folder / "merged")
+    adapters.save_adapter_and_merged(trainer, folder / "adapter", folder / "merged", load_base)
     cards.write(folder / "adapter", card := card_for("lora", "adapter"))
     cards.write(folder / "merged", card_for("lora-merged", "merged"))
     return "adapter", card, True

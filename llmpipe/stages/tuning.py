@@ -53,10 +53,10 @@ def run(
     name: str,
     schema: type,
     peft_config: Callable | None = None,
-    save: Callable[[SFTTrainer, object, Path, Callable], tuple[str, object, bool]] | None = None,
+    save: Callable[[SFTTrainer, Path, Callable, Callable], tuple[str, object, bool]] | None = None,
 ) -> None:
-    """The instruction-tuning flow; `peft_config(recipe, model)` adds an adapter, `save(trainer, tokenizer, folder,
-    card_for)` writes the result with its cards (default: the fine-tuned model) and returns what MLflow
+    """The instruction-tuning flow; `peft_config(recipe, model)` adds an adapter, `save(trainer, folder, card_for,
+    load_base)` writes the result with its cards (default: the fine-tuned model) and returns what MLflow
     registers: (subfolder, its card, whether it is an adapter)."""
     job = base.begin(args, name, schema)
     recipe = job.recipe
@@ -69,9 +69,7 @@ def run(
 
     with job.tracker:
         job.log_config(**config.flatten(task, "instructions."))
-        model = artifacts.load_causal_lm(source)
-        artifacts.check_vocabulary(model, tokenizer, source)
-        model.generation_config.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        model = load_model(source, tokenizer)
         training = sft_config(recipe, args.checkpoints, job, artifacts.context_length(model))
         set_seed(training.seed)
         trainer = SFTTrainer(
@@ -93,14 +91,14 @@ def run(
                 **artifacts.parameter_counts(trainer.model),
                 **timer.summary(trainer),
             }
-        # every rank generates (under FSDP each forward needs all of them), before a LoRA save merges the adapter
+        # every rank generates (under FSDP each forward needs all of them)
         samples = validation_responses(trainer.model, tokenizer, entries["validation"][: recipe.sample_responses], recipe, prompt_format)
 
         def card_for(artifact: str, subfolder: str = ""):
             return job.card(artifact, metrics, Path(args.output) / subfolder, source, prompt_format, model.config.model_type)
 
         with base.output_folder(args.output, trainer) as staging:
-            registered = (save or save_model)(trainer, tokenizer, staging, card_for)
+            registered = (save or save_model)(trainer, staging, card_for, lambda: load_model(source, tokenizer))
         if not trainer.is_world_process_zero():
             return
 
@@ -116,9 +114,16 @@ def run(
         checkpoints.mark_finished(args.checkpoints)
 
 
-def save_model(trainer: SFTTrainer, tokenizer, folder: Path, card_for: Callable) -> tuple[str, object, bool]:
-    trainer.save_model(str(folder))
-    tokenizer.save_pretrained(str(folder))
+def load_model(source: str, tokenizer) -> PreTrainedModel:
+    """The model to tune, generating until the tokenizer's end of sequence."""
+    model = artifacts.load_causal_lm(source)
+    artifacts.check_vocabulary(model, tokenizer, source)
+    model.generation_config.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return model
+
+
+def save_model(trainer: SFTTrainer, folder: Path, card_for: Callable, load_base: Callable) -> tuple[str, object, bool]:
+    trainer.save_model(str(folder))  # with the tokenizer (the trainer's processing_class)
     cards.write(folder, card := card_for("sft"))
     return "", card, False
 
