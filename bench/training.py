@@ -95,8 +95,6 @@ def training(recipe: Path, steps: int, warmup: int, repeats: int, compile: bool,
     return {
         "recipe": str(recipe),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "versions": library_versions(),
-        "commit": git_commit(),
         "parameters": parameters,
         "batch": defaults["micro_batch"], "context": shape["context"], "bf16": shape["bf16"], "compile": compile,
         "warmup_steps": warmup, "timed_steps": steps, "repeats": repeats, "settings": defaults,

@@ -36,6 +36,10 @@ CASES = {
         ["sft", "--set", "training.trust_remote_code=true"],
         ["recipes/test/sft.yaml: `training.trust_remote_code` is set by llmpipe", "never runs"],
     ),
+    "a classifier's labels in its model section": (
+        ["classify", "--set", "model.problem_type=multi_label_classification"],
+        ["recipes/test/classify.yaml: `model.problem_type` is set by llmpipe from the two labels", "remove it"],
+    ),
     "no training steps": (
         ["sft", "--set", "training.max_steps=0", "--set", "training.num_train_epochs=0"],
         ["recipes/test/sft.yaml: `training` trains for no steps"],

@@ -100,14 +100,17 @@ def main(args: argparse.Namespace) -> None:
     job = base.begin(args, "classify", ClassifyRecipe)
     recipe = job.recipe
     base.reject_owned(
-        recipe.model, ("num_labels", "id2label", "label2id", "pad_token_id"), f"{job.recipe_path}: `model",
-        "the two labels (ham, spam) and the tokenizer",
+        recipe.model, ("num_labels", "id2label", "label2id", "problem_type", "pad_token_id"), f"{job.recipe_path}: `model",
+        "the two labels (ham, spam, one a text) and the tokenizer",
     )
     splits = spam.balanced_splits(spam.read_messages(job.params.classify_data), recipe.split, job.recipe_path)
     source = recipe.init_from or args.base
     tokenizer = artifacts.load_tokenizer(source)
-    # the head finds each text's last token by the tokenizer's padding id
-    changes = config_changes(recipe, source, job.recipe_path) | {"pad_token_id": tokenizer.pad_token_id}
+    # the head finds each text's last token by the tokenizer's padding id; one label per text (as Trainer's first
+    # step would record it, so that a merged adapter's folder says so too)
+    changes = config_changes(recipe, source, job.recipe_path) | {
+        "pad_token_id": tokenizer.pad_token_id, "problem_type": "single_label_classification"
+    }
 
     with job.tracker:
         job.log_config()

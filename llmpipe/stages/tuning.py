@@ -119,6 +119,7 @@ def load_model(source: str, tokenizer) -> PreTrainedModel:
     model = artifacts.load_causal_lm(source)
     artifacts.check_vocabulary(model, tokenizer, source)
     model.generation_config.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model.config.pad_token_id = tokenizer.pad_token_id  # as SFTTrainer sets it: the tuned and merged folders agree
     return model
 
 
