@@ -96,7 +96,7 @@ ADAPTED = ["probe", "prompt_tuning"]  # the pipeline test's adaptation experimen
 
 
 @pytest.fixture(scope="session")
-def repo(tmp_path_factory) -> Path:
+def repo(tmp_path_factory, tiny_model, tokenizer) -> Path:
     """The whole pipeline on the `test` recipe, run by `dvc repro` in a copy of the repository (a git repo)."""
     import yaml
 
@@ -106,6 +106,11 @@ def repo(tmp_path_factory) -> Path:
     params["data"]["files"] = ["data/text/the-verdict.txt"]
     params["adaptation"] = ADAPTED
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # The test recipe judges with `self`, so its judge-model stage copies a small folder instead of the packaged
+    # 135M GGUF (about 25 s, and 0.5 GB in every copy of this repository); packaged_judge runs the GGUF path.
+    tiny_model.save_pretrained(repo / "judge-source")
+    tokenizer.save_pretrained(repo / "judge-source")
+    (repo / "recipes/test/judge-model.yaml").write_text(yaml.safe_dump({"source": "judge-source", "origin": None}))
     for stale in ("metrics", "plots"):
         shutil.rmtree(repo / stale, ignore_errors=True)
     (repo / "dvc.lock").unlink(missing_ok=True)
