@@ -36,9 +36,13 @@ CASES = {
         ["sft", "--set", "training.trust_remote_code=true"],
         ["recipes/test/sft.yaml: `training.trust_remote_code` is set by llmpipe", "never runs"],
     ),
-    "a classifier's labels in its model section": (
+    "a classifier's problem type in its model section": (
         ["classify", "--set", "model.problem_type=multi_label_classification"],
         ["recipes/test/classify.yaml: `model.problem_type` is set by llmpipe from the two labels", "remove it"],
+    ),
+    "a chat template that would add tokens to a LoRA run's tokenizer": (
+        ["lora", "--set", "training.chat_template_path=HuggingFaceTB/SmolLM2-135M-Instruct"],
+        ["recipes/test/lora.yaml: `training.chat_template_path` is set by llmpipe from instructions.yaml's prompt_format"],
     ),
     "no training steps": (
         ["sft", "--set", "training.max_steps=0", "--set", "training.num_train_epochs=0"],

@@ -101,7 +101,7 @@ def main(args: argparse.Namespace) -> None:
     recipe = job.recipe
     base.reject_owned(
         recipe.model, ("num_labels", "id2label", "label2id", "problem_type", "pad_token_id"), f"{job.recipe_path}: `model",
-        "the two labels (ham, spam, one a text) and the tokenizer",
+        "the two labels (ham, spam; one per text) and the tokenizer",
     )
     splits = spam.balanced_splits(spam.read_messages(job.params.classify_data), recipe.split, job.recipe_path)
     source = recipe.init_from or args.base

@@ -60,6 +60,9 @@ def run(
     registers: (subfolder, its card, whether it is an adapter)."""
     job = base.begin(args, name, schema)
     recipe = job.recipe
+    if peft_config is not None:  # the merged model is rebuilt from the base: tokens SFTTrainer adds would be missing
+        base.reject_owned(recipe.training, ("chat_template_path", "eos_token"), f"{job.recipe_path}: `training",
+                          "instructions.yaml's prompt_format and the base model's tokenizer for an adapter")
     entries, task = base.instruction_splits(job)
     prompt_format = task.prompt_format
     data = prompt_completion_splits(entries, prompt_format)
