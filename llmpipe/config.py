@@ -39,6 +39,14 @@ def at_least(minimum: int, default: Any) -> Any:
     return checked(default, lambda value: value >= minimum, f"at least {minimum}")
 
 
+def broken_rule(field: dataclasses.Field, value: Any) -> str | None:
+    """What a `checked` field's rule says of a value it refuses ("must be ... (got ...)"); None if it passes."""
+    accept = field.metadata.get("accept")
+    if accept is None or value is None or accept(value):
+        return None
+    return f"must be {field.metadata['rule']} (got {value})"
+
+
 def option_type(schema: type, name: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
     """argparse's `type` for a command-line option that sets `schema`'s field `name`: the text converted, then
     held to the field's `checked` rule, so that argparse names the option in the error."""
@@ -46,9 +54,8 @@ def option_type(schema: type, name: str, convert: Callable[[str], Any]) -> Calla
 
     def parse(text: str) -> Any:
         value = convert(text)
-        accept = field.metadata.get("accept")
-        if accept is not None and not accept(value):
-            raise argparse.ArgumentTypeError(f"must be {field.metadata['rule']} (got {value})")
+        if broken := broken_rule(field, value):
+            raise argparse.ArgumentTypeError(broken)
         return value
 
     parse.__name__ = convert.__name__  # argparse's "invalid int value: 'x'"
@@ -146,9 +153,8 @@ def build(schema: type[T], data: dict, source: str, prefix: str = "") -> T:
             values[name] = _check_library_kwargs(library, data[name], source, key + ".")
         else:
             values[name] = _conform(data[name], hints[name], source, key)
-        accept = field.metadata.get("accept")
-        if accept is not None and values[name] is not None and not accept(values[name]):
-            raise UserError(f"{source}: `{key}` must be {field.metadata['rule']} (got {values[name]})")
+        if broken := broken_rule(field, values[name]):
+            raise UserError(f"{source}: `{key}` {broken}")
     return schema(**values)
 
 
