@@ -19,7 +19,7 @@ from llmpipe import config
 from llmpipe.data.packing import causal_lm_batch
 from llmpipe.errors import UserError
 from llmpipe.runtime import mixed_precision, throughput
-from llmpipe.stages import base
+from llmpipe.stages import training
 from llmpipe.stages.corpus import CorpusRecipe
 from llmpipe.stages.pretrain import PretrainRecipe
 from llmpipe.stages.tokenizer import BPE_TRAINER_VOCAB, TokenizerRecipe
@@ -185,7 +185,7 @@ def trainer_loop(shape: dict, rows: list[dict], warmup: int, device: torch.devic
     syncs = {"include_num_input_tokens_seen": "all", "logging_nan_inf_filter": True, "accelerator_config": {"non_blocking": False}}
     with tempfile.TemporaryDirectory() as scratch:
         arguments = TrainingArguments(**{
-            **base.fast_defaults(), "include_num_input_tokens_seen": "no", "dataloader_drop_last": True,
+            **training.fast_defaults(), "include_num_input_tokens_seen": "no", "dataloader_drop_last": True,
             **(syncs if settings["trainer_syncs"] else {}),
             "output_dir": scratch, "max_steps": len(rows) // settings["micro_batch"], "per_device_train_batch_size": settings["micro_batch"],
             "learning_rate": shape["learning_rate"], "weight_decay": 0.1, "max_grad_norm": 1.0, "bf16": shape["bf16"],

@@ -105,8 +105,20 @@ def save_adapter_and_merged(trainer: Trainer, adapter_dir: Path, merged_dir: Pat
     the adapter's weights where FSDP or DeepSpeed shard them. Rank 0 then merges the saved adapter into a
     fresh base from `load_base()` (the trained model may be sharded), so the merged folder is exactly what
     the adapter folder loads to."""
+    _sort_module_names(trainer.model)
     trainer.save_model(str(adapter_dir))
     if trainer.is_world_process_zero():
         merged = PeftModel.from_pretrained(load_base(), str(adapter_dir)).merge_and_unload()
         merged.save_pretrained(str(merged_dir))
         trainer.processing_class.save_pretrained(str(merged_dir))
+
+
+def _sort_module_names(model: PeftModel) -> None:
+    """PEFT writes its sets of module names (`target_modules`, IA3's `feedforward_modules`) to
+    adapter_config.json in set order, which changes from process to process (Python salts string hashes);
+    as sorted lists the file is byte-identical run to run, so DVC does not rerun the stages after a rerun
+    that trained the same adapter. PEFT reads either back as a set."""
+    for config in model.peft_config.values():
+        for field, value in vars(config).items():
+            if isinstance(value, set):
+                setattr(config, field, sorted(value))

@@ -1,27 +1,20 @@
-"""What every pipeline stage shares: its command-line options, its config, its MLflow run, its ending."""
+"""What every pipeline stage shares: its command-line options, its recipe (checked where it enters), its MLflow
+run, its ending."""
 
 import argparse
-import contextlib
 import dataclasses
-import pickle
-import tempfile
 import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
-
-import torch
-from datasets import Dataset
-from transformers import Trainer
-from transformers.trainer import TRAINING_ARGS_NAME
+from typing import Any, Literal
 
 from llmpipe import config
 from llmpipe import params as pipeline_params
 from llmpipe.data import instructions
 from llmpipe.errors import UserError
 from llmpipe.hub import cards
-from llmpipe.runtime import atomic, checkpoints
+from llmpipe.runtime import atomic
 from llmpipe.runtime.tracking import StageRun
 
 
@@ -54,32 +47,6 @@ def add_training_arguments(parser: argparse.ArgumentParser, stage: str, schema: 
         help="Trainer checkpoints; an unfinished run of the same recipe resumes from the newest (default: %(default)s)",
     )
     parser.add_argument("--restart", action="store_true", help="discard the checkpoints of an unfinished run and train from the start")
-
-
-def train_probe(train: Dataset, size: int) -> Dataset:
-    """The first `size` train rows, scored beside validation so train and validation loss compare (the book's plot)."""
-    return train.select(range(min(size, len(train))))
-
-
-def initial_losses(log_history: list[dict]) -> dict[str, float]:
-    """The evaluation at step 0 (`eval_on_start`), one log entry per eval data set, merged. Not a
-    `Trainer.evaluate()` before `train()`: under several processes that leaves the model without
-    gradient averaging (transformers 5.23), and a resumed run finds it in the checkpoint's history."""
-    merged = {}
-    for entry in log_history:
-        if entry.get("step") == 0 and any(key.startswith("eval_") for key in entry):
-            merged |= entry
-    return merged
-
-
-def loss_metrics(initial: dict, final: dict) -> dict[str, float]:
-    """Train-probe and validation loss before and after training (`Trainer` evaluations of both)."""
-    return {
-        "initial_train_loss": round(initial["eval_train_loss"], 4),
-        "initial_val_loss": round(initial["eval_validation_loss"], 4),
-        "train_loss": round(final["eval_train_loss"], 4),
-        "val_loss": round(final["eval_validation_loss"], 4),
-    }
 
 
 def describe(schema: type) -> str:
@@ -155,60 +122,6 @@ def check_training(settings: dict, recipe_path: Path) -> None:
             raise UserError(f"{where}.{key}` must be above 0 (got {settings[key]})")
     if settings.get("max_steps", -1) <= 0 and settings.get("num_train_epochs", 3) <= 0:
         raise UserError(f"{where}` trains for no steps: set `max_steps` or `num_train_epochs` above 0")
-
-
-def fast_defaults() -> dict[str, Any]:
-    """TrainingArguments defaults that keep the host from waiting on the GPU at every step."""
-    gpu = torch.cuda.is_available()
-    return {
-        "dataloader_pin_memory": gpu,  # pinned host memory, so that batches copy to the GPU asynchronously
-        "accelerator_config": {"non_blocking": gpu},
-        "logging_nan_inf_filter": False,  # an isnan/isinf read back from the GPU every micro-batch
-        # without it, processes launched on a machine with no GPU each believe they are the only one
-        "use_cpu": not gpu,
-    }
-
-
-def training_arguments(cls: type, settings: dict, checkpoints: str, job: Stage, **defaults: Any):
-    """`TrainingArguments` (or a subclass such as TRL's `SFTConfig`) from the recipe's `training`
-    section (checked by `begin`); llmpipe owns where checkpoints go and where metrics are reported. Trainer
-    counts the input tokens (for throughput.Throughput) unless `defaults` says otherwise."""
-    defaults = {**fast_defaults(), "include_num_input_tokens_seen": "non_padding", **defaults}
-    try:
-        return cls(**{**defaults, **settings}, output_dir=checkpoints, report_to=job.tracker.report_to)
-    except ValueError as err:
-        raise UserError(f"{job.recipe_path}: training: {err}") from None
-
-
-def train(trainer: Trainer, args: argparse.Namespace, identity: dict) -> None:
-    """`trainer.train()`, resuming from --checkpoints when they hold an unfinished run of this `identity`."""
-    resume = checkpoints.resume_point(args.checkpoints, identity, args.restart, trainer.args)
-    if resume is not None:
-        trainer.args.eval_on_start = False  # the step-0 evaluation is in the checkpoint's history
-        if trainer.is_world_process_zero():
-            print(f"resuming from {resume}", flush=True)
-    try:
-        trainer.train(resume_from_checkpoint=resume)
-    except pickle.UnpicklingError as err:  # Trainer loads checkpoint state with torch.load(weights_only=True)
-        raise UserError(
-            f"{resume}: holds a pickle that is not plain tensors, refused unread ({str(err).splitlines()[0][:200]}); "
-            f"delete {args.checkpoints} (or pass --restart) unless you trust where it came from"
-        ) from None
-
-
-@contextlib.contextmanager
-def output_folder(target: str | Path, trainer: Trainer) -> Iterator[Path]:
-    """Every rank saves (FSDP and DeepSpeed gather the weights across ranks inside `save_model`), but only
-    rank 0 writes into `target`, atomically; the others get a scratch folder outside the repository.
-    Trainer's pickled `training_args.bin` is left out: the card and MLflow hold the settings."""
-    if trainer.is_world_process_zero():
-        with atomic.directory(target) as staging:
-            yield staging
-            for pickled in staging.rglob(TRAINING_ARGS_NAME):
-                pickled.unlink()
-    else:
-        with tempfile.TemporaryDirectory() as scratch:
-            yield Path(scratch)
 
 
 def instructions_file(job: Stage) -> Path:

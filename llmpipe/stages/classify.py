@@ -35,7 +35,7 @@ from llmpipe.hub import cards
 from llmpipe.metrics import baseline
 from llmpipe.metrics.scores import classification_scores
 from llmpipe.runtime import checkpoints, throughput
-from llmpipe.stages import base
+from llmpipe.stages import base, training
 
 
 @dataclass
@@ -114,8 +114,8 @@ def main(args: argparse.Namespace) -> None:
 
     with job.tracker:
         job.log_config()
-        training = base.training_arguments(TrainingArguments, recipe.training, args.checkpoints, job)
-        set_seed(training.seed)
+        training_args = training.arguments(TrainingArguments, recipe.training, args.checkpoints, job)
+        set_seed(training_args.seed)
         model = load_classifier(source, changes)
         artifacts.check_vocabulary(model, tokenizer, source)
         if recipe.trainable in adapters.PROMPT_AS_EMBEDDINGS:
@@ -129,7 +129,7 @@ def main(args: argparse.Namespace) -> None:
         counts = artifacts.parameter_counts(model)
         trainer = Trainer(
             model=model,
-            args=training,
+            args=training_args,
             train_dataset=encoded["train"],
             eval_dataset=encoded["validation"],
             data_collator=DataCollatorWithPadding(tokenizer),
@@ -137,7 +137,7 @@ def main(args: argparse.Namespace) -> None:
             compute_metrics=compute_scores,
         )
         throughput.add_to(trainer, timer := throughput.Throughput())
-        base.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.classify_data]))
+        training.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.classify_data]))
         final = trainer.evaluate(eval_dataset=dict(encoded))
         metrics = {}
         if trainer.is_world_process_zero():  # rank 0 reports (the other ranks would measure the CPU peak against it)
@@ -145,9 +145,9 @@ def main(args: argparse.Namespace) -> None:
             for split in splits:
                 for key in ("accuracy", "precision", "recall", "f1"):
                     metrics[f"{split}_{key}"] = round(final[f"eval_{split}_{key}"], 4)
-            metrics |= baseline.tfidf_logreg(splits, training.seed)
+            metrics |= baseline.tfidf_logreg(splits, training_args.seed)
         is_adapter = recipe.trainable in adapters.PEFT_METHODS and recipe.trainable not in adapters.MERGEABLE  # saved alone
-        with base.output_folder(args.output, trainer) as staging:
+        with training.output_folder(args.output, trainer) as staging:
             if recipe.trainable in adapters.MERGEABLE:
                 adapters.save_adapter_and_merged(trainer, staging / "adapter", staging, lambda: load_classifier(source, changes))
             else:  # a full model folder, or (prompt and prefix tuning) the adapter alone, with the tokenizer

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from datasets import Dataset, DatasetDict, Features, List, Value
+from datasets.fingerprint import Hasher
 
 from llmpipe import artifacts
 from llmpipe.config import at_least
@@ -53,10 +54,14 @@ def count_tokens(token_docs: Dataset) -> int:
 
 
 def pack(tokenized: DatasetDict, context_length: int, stride: int, cache_dir: str) -> DatasetDict:
+    # datasets would derive the blocks' fingerprint from the scratch folder's random path; one derived from the
+    # tokenised documents' (deterministic) fingerprint keeps the saved corpus byte-identical run to run, so DVC
+    # does not rerun every later stage when the corpus stage reruns with the same output
     return DatasetDict({
         split: Dataset.from_generator(
             _blocks, features=BLOCK_FEATURES, cache_dir=cache_dir, split=split,
             gen_kwargs={"token_docs": docs, "context_length": context_length, "stride": stride},
+            fingerprint=Hasher.hash([docs._fingerprint, context_length, stride]),
         )
         for split, docs in tokenized.items()
     })

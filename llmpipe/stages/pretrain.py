@@ -19,7 +19,7 @@ from llmpipe.data import packing
 from llmpipe.errors import UserError
 from llmpipe.hub import cards
 from llmpipe.runtime import atomic, checkpoints, mixed_precision, throughput
-from llmpipe.stages import base
+from llmpipe.stages import base, training
 
 SET_FROM_TOKENIZER = ("bos_token_id", "eos_token_id", "pad_token_id")
 
@@ -110,19 +110,19 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(f"{args.corpus}: no packed corpus here; run `llmpipe corpus` first") from None
     context_length = len(corpus["train"][0]["input_ids"])
     probe_size = len(corpus["validation"]) if recipe.train_eval_blocks is None else recipe.train_eval_blocks
-    train_eval = base.train_probe(corpus["train"], probe_size)
+    train_eval = training.train_probe(corpus["train"], probe_size)
 
     with job.tracker:
         job.log_config()
-        training = base.training_arguments(  # throughput.Throughput counts the tokens: blocks are full
+        training_args = training.arguments(  # throughput.Throughput counts the tokens: blocks are full
             TrainingArguments, recipe.training, args.checkpoints, job, eval_on_start=True, include_num_input_tokens_seen="no",
         )
-        set_seed(training.seed)
+        set_seed(training_args.seed)
         model = build_model(recipe, tokenizer, context_length, job.recipe_path)
         generation.check_prompt(model, tokenizer, recipe.sample_prompt, recipe.sample_max_new_tokens)
         trainer = Trainer(
             model=model,
-            args=training,
+            args=training_args,
             train_dataset=corpus["train"],
             eval_dataset={"train": train_eval, "validation": corpus["validation"]},
             data_collator=packing.causal_lm_batch,
@@ -130,20 +130,20 @@ def main(args: argparse.Namespace) -> None:
         )
         throughput.add_to(trainer, timer := throughput.Throughput(sequence_length=context_length))
         if not recipe.score_only:
-            base.train(trainer, args, checkpoints.run_identity(recipe, model, [f["filename"] for f in corpus["train"].cache_files]))
+            training.train(trainer, args, checkpoints.run_identity(recipe, model, [f["filename"] for f in corpus["train"].cache_files]))
         final = trainer.evaluate()  # with score_only, at step 0: the initial losses too
-        initial = base.initial_losses(trainer.state.log_history)
+        initial = training.initial_losses(trainer.state.log_history)
         metrics = {}
         if trainer.is_world_process_zero():  # rank 0 reports (the other ranks would measure the CPU peak against it)
             metrics = {
-                **base.loss_metrics(initial, final),
+                **training.loss_metrics(initial, final),
                 "val_perplexity": round(math.exp(final["eval_validation_loss"]), 2),
                 "parameters": model.num_parameters(),
                 "steps": trainer.state.global_step,
                 "train_tokens": trainer.state.num_input_tokens_seen,
                 **({} if recipe.score_only else timer.summary(trainer)),
             }
-        with base.output_folder(args.output, trainer) as staging:
+        with training.output_folder(args.output, trainer) as staging:
             trainer.save_model(str(staging))
             tokenizer.save_pretrained(str(staging))
             cards.write(staging, card := job.card("pretrain", metrics, args.output, recipe.init_from, model_type=model.config.model_type))
@@ -153,7 +153,8 @@ def main(args: argparse.Namespace) -> None:
         if not trainer.is_world_process_zero():
             return
 
-        tokens_per_step = training.train_batch_size * training.gradient_accumulation_steps * training.world_size * context_length
+        tokens_per_step = (training_args.train_batch_size * training_args.gradient_accumulation_steps
+                           * training_args.world_size * context_length)
         atomic.write_text(args.plots, loss_curve(initial, trainer.state.log_history, tokens_per_step))
         job.tracker.log_text(f"{recipe.sample_prompt}{sample}\n", "sample.txt")
         job.tracker.log_artifact(args.plots, "plots")

@@ -16,7 +16,7 @@ from llmpipe.config import at_least, library_section
 from llmpipe.data import instructions
 from llmpipe.hub import cards
 from llmpipe.runtime import checkpoints, throughput
-from llmpipe.stages import base
+from llmpipe.stages import base, training
 
 
 @dataclass
@@ -43,7 +43,7 @@ def prompt_completion_splits(entries: dict[str, list[dict]], prompt_format: str)
 
 def sft_config(recipe: SftRecipe, checkpoint_folder: str, job: base.Stage, context: int) -> SFTConfig:
     """The recipe's SFTConfig; by default the loss is on the completion only and sequences fill the context."""
-    return base.training_arguments(
+    return training.arguments(
         SFTConfig, recipe.training, checkpoint_folder, job, max_length=context, completion_only_loss=True, eval_on_start=True
     )
 
@@ -73,23 +73,23 @@ def run(
     with job.tracker:
         job.log_config(**config.flatten(task, "instructions."))
         model = load_model(source, tokenizer)
-        training = sft_config(recipe, args.checkpoints, job, artifacts.context_length(model))
-        set_seed(training.seed)
+        training_args = sft_config(recipe, args.checkpoints, job, artifacts.context_length(model))
+        set_seed(training_args.seed)
         trainer = SFTTrainer(
             model=model,
-            args=training,
+            args=training_args,
             train_dataset=data["train"],
-            eval_dataset={"train": base.train_probe(data["train"], len(data["validation"])), "validation": data["validation"]},
+            eval_dataset={"train": training.train_probe(data["train"], len(data["validation"])), "validation": data["validation"]},
             processing_class=tokenizer,
             peft_config=peft_config(recipe, model) if peft_config else None,
         )
         throughput.add_to(trainer, timer := throughput.Throughput())
-        base.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.instruction_data]))
+        training.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.instruction_data]))
         final = trainer.evaluate()
         metrics = {}
         if trainer.is_world_process_zero():  # rank 0 reports (the other ranks would measure the CPU peak against it)
             metrics = {
-                **base.loss_metrics(base.initial_losses(trainer.state.log_history), final),
+                **training.loss_metrics(training.initial_losses(trainer.state.log_history), final),
                 "train_examples": len(data["train"]),
                 **artifacts.parameter_counts(trainer.model),
                 **timer.summary(trainer),
@@ -100,7 +100,7 @@ def run(
         def card_for(artifact: str, subfolder: str = ""):
             return job.card(artifact, metrics, Path(args.output) / subfolder, source, prompt_format, model.config.model_type)
 
-        with base.output_folder(args.output, trainer) as staging:
+        with training.output_folder(args.output, trainer) as staging:
             registered = (save or save_model)(trainer, staging, card_for, lambda: load_model(source, tokenizer))
         if not trainer.is_world_process_zero():
             return
