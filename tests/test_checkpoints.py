@@ -13,10 +13,10 @@ def training(tmp_path):
     return TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
 
 
-def identity(tiny_model, tmp_path, **training):
+def identity(tiny_model, tmp_path, base_weights=None, **training):
     data = tmp_path / "data.txt"
     data.write_text("some text")
-    return checkpoints.run_identity(PretrainRecipe(training={"learning_rate": 3e-3, **training}), tiny_model, [data])
+    return checkpoints.run_identity(PretrainRecipe(training={"learning_rate": 3e-3, **training}), tiny_model, base_weights, [data])
 
 
 def checkpoint(folder, step, complete=True):
@@ -62,9 +62,30 @@ def test_another_model_shape_or_training_data_is_refused(tiny_model, tokenizer, 
     with pytest.raises(UserError, match="model.n_embd: 32 there, 64 now"):
         checkpoints.resume_point(folder, identity(wider, tmp_path), False, training)
     (tmp_path / "data.txt").write_text("other text")
-    other_data = checkpoints.run_identity(PretrainRecipe(training={"learning_rate": 3e-3}), tiny_model, [tmp_path / "data.txt"])
+    other_data = checkpoints.run_identity(PretrainRecipe(training={"learning_rate": 3e-3}), tiny_model, None, [tmp_path / "data.txt"])
     with pytest.raises(UserError, match="data: '[0-9a-f]{64}' there"):
         checkpoints.resume_point(folder, other_data, False, training)
+
+
+def test_a_base_model_retrained_to_the_same_shape_is_refused(tiny_model, tmp_path, training):
+    import copy
+
+    import torch
+
+    from llmpipe import artifacts
+
+    tiny_model = copy.deepcopy(tiny_model)  # the session's model stays as it is for the other tests
+    tiny_model.save_pretrained(tmp_path / "base")
+    folder, started_from = tmp_path / "checkpoints", artifacts.weights_digest(tmp_path / "base")
+    checkpoints.resume_point(folder, identity(tiny_model, tmp_path, started_from), False, training)
+    checkpoint(folder, 5)
+    with torch.no_grad():
+        tiny_model.transformer.wte.weight[0, 0] += 1  # the base trained again: same shape, other weights
+    tiny_model.save_pretrained(tmp_path / "base")
+    retrained = artifacts.weights_digest(tmp_path / "base")
+    with pytest.raises(UserError, match=f"base_weights: '{started_from}' there, '{retrained}' now"):
+        checkpoints.resume_point(folder, identity(tiny_model, tmp_path, retrained), False, training)
+    assert checkpoints.resume_point(folder, identity(tiny_model, tmp_path, started_from), False, training) == str(folder / "checkpoint-5")
 
 
 def test_checkpoints_llmpipe_did_not_record_are_refused(tiny_model, tmp_path, training):

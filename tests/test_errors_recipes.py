@@ -36,6 +36,13 @@ CASES = {
         ["sft", "--set", "training.trust_remote_code=true"],
         ["recipes/test/sft.yaml: `training.trust_remote_code` is set by llmpipe", "never runs"],
     ),
+    "a stride longer than a block": (
+        ["corpus", "--set", "stride=64"], ["recipes/test/corpus.yaml: `stride` must be at most context_length (32), got 64"],
+    ),
+    "no evaluation before training, where the stage reports the losses before it": (
+        ["sft", "--set", "training.eval_on_start=false"],
+        ["recipes/test/sft.yaml: `training.eval_on_start` is set by llmpipe from the stage", "remove it"],
+    ),
     "a classifier's problem type in its model section": (
         ["classify", "--set", "model.problem_type=multi_label_classification"],
         ["recipes/test/classify.yaml: `model.problem_type` is set by llmpipe from the two labels", "remove it"],

@@ -67,6 +67,26 @@ def test_sigkill_while_writing_leaves_the_old_output_and_the_next_write_clears_t
     assert (target / "config.json").read_text() == '{"new": true}' and not staging_leftovers(tmp_path)
 
 
+def test_sigkill_between_moving_the_old_output_aside_and_the_new_one_in_restores_the_old_one(tmp_path):
+    target = old_output(tmp_path / "artifact")
+    script = (
+        "import os, signal, sys\nfrom llmpipe.runtime import atomic\nreplace = os.replace\n"
+        "def killed_before_the_new_one_moves_in(source, destination):\n"
+        "    if '.tmp-' in str(source):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    replace(source, destination)\n"
+        "os.replace = killed_before_the_new_one_moves_in\n"
+        "with atomic.directory(sys.argv[1]) as staging:\n"
+        "    (staging / 'config.json').write_text('{\"new\": true}')\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, str(target)], env=ENV)
+    assert killed.returncode == -signal.SIGKILL and not target.exists()
+    with pytest.raises(RuntimeError), atomic.directory(target):  # the next run starts, then fails
+        assert (target / "config.json").read_text() == '{"old": true}'
+        raise RuntimeError("the next run fails too")
+    assert (target / "config.json").read_text() == '{"old": true}' and not staging_leftovers(tmp_path)
+
+
 def test_two_processes_writing_one_file_at_once_both_succeed(tmp_path):
     """Leftovers are cleared only when their writer is gone, not another live writer's staging file."""
     script = "import sys\nfrom llmpipe.runtime import atomic\nfor i in range(300):\n    atomic.write_json(sys.argv[1], {'i': i})\n"

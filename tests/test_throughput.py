@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -28,7 +30,8 @@ def test_frozen_weights_cost_no_weight_gradients():
 
 @pytest.mark.parametrize(
     "name, peak",
-    [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12),
+    [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA GH200 480GB", 989e12),
+     ("NVIDIA L40S", 362e12), ("NVIDIA L40", 181e12), ("NVIDIA L4", 121e12),
      ("NVIDIA A100-SXM4-80GB", 312e12), ("Some Future GPU", None)],
 )
 def test_gpu_peaks_come_from_the_most_specific_name(name, peak):
@@ -114,3 +117,43 @@ def test_tokens_per_second_and_mfu_are_logged_at_every_logging_step(tmp_path, mo
     # the windows between logging steps add up to the whole timed run
     windows = [2 * 2 * 16 / entry["tokens_per_second"] for entry in logged]
     assert sum(windows) == pytest.approx(timer.seconds, rel=1e-2)
+
+
+class SlowEvaluation(TrainerCallback):
+    """An evaluation that takes a second: time the timer must leave out."""
+
+    def __init__(self):
+        self.evaluations = 0
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.evaluations += 1
+        time.sleep(1.0)
+
+
+def test_evaluation_and_saving_at_epoch_ends_are_not_timed(tmp_path):
+    blocks = [{"input_ids": list(range(i, i + 16))} for i in range(4)]
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=2, eval_strategy="epoch",
+        save_strategy="epoch", logging_strategy="epoch", report_to=[], include_num_input_tokens_seen="no",
+        disable_tqdm=True, use_cpu=True,
+    )
+    slow = SlowEvaluation()
+    trainer = Trainer(model=small_model(), args=arguments, train_dataset=blocks, eval_dataset=blocks[:2],
+                      data_collator=causal_lm_batch, callbacks=[slow])
+    throughput.add_to(trainer, timer := throughput.Throughput(sequence_length=16))
+    trainer.train()
+    assert slow.evaluations == 3 and len(list(tmp_path.glob("checkpoint-*"))) == 3
+    assert timer.seconds < 1.0  # six steps of a 2-layer, 16-wide model; two evaluations inside would add 2 s
+
+
+def test_only_rank_0_computes_rates(monkeypatch):
+    """Every process gets `on_log`; the others must not measure the CPU's peak at the same time as rank 0."""
+    from transformers import TrainerControl, TrainerState
+
+    monkeypatch.setattr(throughput, "device_peak", lambda device: pytest.fail("a rank other than 0 measured the peak"))
+    timer = throughput.Throughput(sequence_length=16)
+    timer.seconds, timer.first_step = 1.0, 0
+    state = TrainerState(is_world_process_zero=False, global_step=2, num_input_tokens_seen=64)
+    logs = {"loss": 1.0}
+    timer.on_log(TrainingArguments(output_dir="unused", use_cpu=True), state, TrainerControl(), logs=logs, model=small_model())
+    assert logs == {"loss": 1.0}

@@ -24,11 +24,14 @@ def _prefix(target: Path, kind: str) -> str:
 
 def _clear_leftovers(target: Path, kinds: tuple[str, ...] = ("tmp", "old")) -> None:
     """Staging paths of `target` whose writer is gone: a run that was killed (SIGKILL leaves no chance to
-    clean up). Another process writing the same target at the same time keeps its own."""
+    clean up). Another process writing the same target at the same time keeps its own. A writer killed
+    between moving the old folder aside and the new one in left no target: the old one goes back."""
     for leftover in [path for kind in kinds for path in target.parent.glob(f".{target.name}.{kind}-*")]:
-        pid = leftover.name.removeprefix(f".{target.name}.").split("-")[1]
+        kind, pid = leftover.name.removeprefix(f".{target.name}.").split("-")[:2]
         if pid.isdigit() and psutil.pid_exists(int(pid)):
             continue
+        if kind == "old" and (leftover / target.name).exists() and not target.exists():
+            os.replace(leftover / target.name, target)
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:

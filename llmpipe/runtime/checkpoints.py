@@ -1,8 +1,8 @@
 """Resume after a crash. A training stage's Trainer checkpoints live in checkpoints/<stage>, outside DVC's
 outputs, so a killed `dvc repro` leaves them and the next run resumes from the newest complete one.
 
-A run file beside them records what wrote them (the recipe, the model's shape, a digest of the training
-data) and whether that run finished. Checkpoints of an unfinished run of anything else are refused, never
+A run file beside them records what wrote them (the recipe, the model's shape, digests of the weights it
+started from and of the training data) and whether that run finished. Checkpoints of an unfinished run of anything else are refused, never
 loaded; those of a finished run are cleared when the next run starts.
 """
 
@@ -24,10 +24,12 @@ TRAINER_STATE = "trainer_state.json"  # Trainer writes it last: a checkpoint wit
 _NOT_SHAPE = {"transformers_version", "_name_or_path", "_commit_hash", "dtype", "torch_dtype"}
 
 
-def run_identity(recipe: Any, model: PreTrainedModel, data_files: list[str | Path]) -> dict:
-    """What must be equal for a checkpoint to continue this run."""
+def run_identity(recipe: Any, model: PreTrainedModel, base_weights: str | None, data_files: list[str | Path]) -> dict:
+    """What must be equal for a checkpoint to continue this run. `base_weights`: the digest of the weights
+    training starts from (`artifacts.weights_digest`; None for a model built from its config): a base
+    retrained to the same shape must not be continued with checkpoints trained from the old one."""
     shape = {k: v for k, v in model.config.to_diff_dict().items() if k not in _NOT_SHAPE}
-    identity = {"recipe": flatten(recipe), "model": shape, "data": digest(data_files)}
+    identity = {"recipe": flatten(recipe), "model": shape, "base_weights": base_weights, "data": digest(data_files)}
     return json.loads(json.dumps(identity, default=str))  # as it reads back from the run file
 
 
@@ -93,6 +95,6 @@ def _refusal(folder: Path, recorded: dict | None, identity: dict) -> str:
     ]
     shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
     return (
-        f"{folder}: holds checkpoints of an unfinished run with another recipe, model shape or training data "
+        f"{folder}: holds checkpoints of an unfinished run with another recipe, model shape, base model or training data "
         f"({shown}); to resume it, restore what it ran with; {fix}"
     )

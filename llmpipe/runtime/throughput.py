@@ -13,26 +13,28 @@ from transformers import DefaultFlowCallback, PreTrainedModel, Trainer, TrainerC
 
 from llmpipe.runtime import atomic
 
-# Dense bf16 tensor-core peaks from the vendors' datasheets, FLOP/s; the first name found in
-# torch.cuda.get_device_name() wins, so a specific name precedes a shorter one it contains.
-GPU_PEAKS = [
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("H200", 989e12),
-    ("GH200", 989e12),
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("L4", 121e12),
-    ("A10G", 70e12),
-    ("RTX 4090", 165e12),
-    ("RTX 3090", 71e12),
-    ("V100", 125e12),  # fp16: V100 has no bf16
-]
+# Dense bf16 tensor-core peaks from the vendors' datasheets, FLOP/s; of the names found in
+# torch.cuda.get_device_name() the longest wins ("L40S" over "L40" over "L4").
+GPU_PEAKS = {
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "GH200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L40": 181e12,
+    "L4": 121e12,
+    "A10G": 70e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+    "V100": 125e12,  # fp16: V100 has no bf16
+}
 CPU_PEAK_CACHE = Path.home() / ".cache" / "llmpipe" / "cpu_matmul_peak.json"
 
 
 def gpu_peak(name: str) -> float | None:
-    return next((peak for key, peak in GPU_PEAKS if key in name), None)
+    found = [key for key in GPU_PEAKS if key in name]
+    return GPU_PEAKS[max(found, key=len)] if found else None
 
 
 def cpu_matmul_peak(size: int = 1024, seconds: float = 1.0) -> float:
@@ -124,27 +126,34 @@ class Throughput(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, train_dataloader=None, **kwargs):
         """One process's last batch of an epoch is short unless the data divides (several processes get
-        even batches from accelerate): take back what `_count_batch` counted as full."""
+        even batches from accelerate): take back what `_count_batch` counted as full. Trainer's flow
+        callback asks here for the evaluation, saving and logging of `*_strategy: epoch`: the timing stops."""
         completed = abs(state.epoch - round(state.epoch)) < 1e-9  # not stopped part-way by max_steps
         if self._counts(args) and completed and args.world_size == 1 and not args.dataloader_drop_last:
             short = len(train_dataloader) * args.train_batch_size - len(train_dataloader.dataset)
             state.num_input_tokens_seen -= short * self.sequence_length
+        if control.should_evaluate or control.should_save or control.should_log:
+            self._stop_timing()
 
     def on_step_end(self, args, state, control, **kwargs):
         self._count_batch(args, state)
-        # Synchronising only where a run of steps ends lets the GPU queue work ahead in between.
-        interrupted = control.should_evaluate or control.should_save or control.should_log or control.should_training_stop
         if state.global_step <= self.first_step + self.skip_steps:
             synchronize()
             self.untimed_tokens = state.num_input_tokens_seen
             self._started = None
-        elif interrupted:
+        elif control.should_evaluate or control.should_save or control.should_log or control.should_training_stop:
+            self._stop_timing()  # only where a run of steps ends: in between, the GPU queues work ahead
+
+    def _stop_timing(self) -> None:
+        if self._started is not None:
             synchronize()
             self.seconds += time.perf_counter() - self._started
             self._started = None
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
-        if "loss" not in logs:  # evaluation and end-of-training entries
+        # evaluation and end-of-training entries carry no rates; only rank 0's logs are reported, and ranks
+        # measuring the CPU's peak at once would each measure it against the others
+        if "loss" not in logs or not state.is_world_process_zero:
             return
         now = (self.seconds, self.timed_tokens(state), self.timed_steps(state))
         seconds, tokens, steps = (a - b for a, b in zip(now, self._last_log))

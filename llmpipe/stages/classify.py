@@ -137,7 +137,7 @@ def main(args: argparse.Namespace) -> None:
             compute_metrics=compute_scores,
         )
         throughput.add_to(trainer, timer := throughput.Throughput())
-        training.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.classify_data]))
+        training.train(trainer, args, checkpoints.run_identity(recipe, model, artifacts.weights_digest(source), [job.params.classify_data]))
         final = trainer.evaluate(eval_dataset=dict(encoded))
         metrics = {}
         if trainer.is_world_process_zero():  # rank 0 reports (the other ranks would measure the CPU peak against it)

@@ -77,10 +77,8 @@ def main(args: argparse.Namespace) -> None:
     job = base.begin(args, "corpus", CorpusRecipe)
     recipe = job.recipe
     stride = recipe.context_length if recipe.stride is None else recipe.stride
-    if recipe.context_length < 2:
-        raise UserError(f"{job.recipe_path}: `context_length` must be at least 2, got {recipe.context_length}")
-    if not 1 <= stride <= recipe.context_length:
-        raise UserError(f"{job.recipe_path}: `stride` must be between 1 and context_length ({recipe.context_length}), got {stride}")
+    if stride > recipe.context_length:  # blocks would skip tokens (the lower bounds are the fields' own)
+        raise UserError(f"{job.recipe_path}: `stride` must be at most context_length ({recipe.context_length}), got {stride}")
     tokenizer = artifacts.load_tokenizer(args.tokenizer)
     if tokenizer.eos_token_id is None:
         raise UserError(f"{args.tokenizer}: the tokenizer has no EOS token to put between documents")

@@ -115,7 +115,7 @@ def main(args: argparse.Namespace) -> None:
     with job.tracker:
         job.log_config()
         training_args = training.arguments(  # throughput.Throughput counts the tokens: blocks are full
-            TrainingArguments, recipe.training, args.checkpoints, job, eval_on_start=True, include_num_input_tokens_seen="no",
+            TrainingArguments, recipe.training, args.checkpoints, job, initial_losses=True, include_num_input_tokens_seen="no",
         )
         set_seed(training_args.seed)
         model = build_model(recipe, tokenizer, context_length, job.recipe_path)
@@ -130,7 +130,9 @@ def main(args: argparse.Namespace) -> None:
         )
         throughput.add_to(trainer, timer := throughput.Throughput(sequence_length=context_length))
         if not recipe.score_only:
-            training.train(trainer, args, checkpoints.run_identity(recipe, model, [f["filename"] for f in corpus["train"].cache_files]))
+            start = artifacts.weights_digest(recipe.init_from) if recipe.init_from else None
+            identity = checkpoints.run_identity(recipe, model, start, [f["filename"] for f in corpus["train"].cache_files])
+            training.train(trainer, args, identity)
         final = trainer.evaluate()  # with score_only, at step 0: the initial losses too
         initial = training.initial_losses(trainer.state.log_history)
         metrics = {}

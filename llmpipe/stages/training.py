@@ -15,7 +15,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 
 from llmpipe.errors import UserError
 from llmpipe.runtime import atomic, checkpoints
-from llmpipe.stages.base import Stage
+from llmpipe.stages import base
 
 
 def train_probe(train: Dataset, size: int) -> Dataset:
@@ -56,10 +56,15 @@ def fast_defaults() -> dict[str, Any]:
     }
 
 
-def arguments(cls: type, settings: dict, checkpoint_dir: str, job: Stage, **defaults: Any):
+def arguments(cls: type, settings: dict, checkpoint_dir: str, job: base.Stage, initial_losses: bool = False, **defaults: Any):
     """`TrainingArguments` (or a subclass such as TRL's `SFTConfig`) from the recipe's `training`
     section (checked by `begin`); llmpipe owns where checkpoints go and where metrics are reported. Trainer
-    counts the input tokens (for throughput.Throughput) unless `defaults` says otherwise."""
+    counts the input tokens (for throughput.Throughput) unless `defaults` says otherwise. With
+    `initial_losses`, the stage reports the losses before training: the evaluation at step 0 is then llmpipe's."""
+    if initial_losses:
+        base.reject_owned(settings, ("eval_on_start",), f"{job.recipe_path}: `training",
+                          "the stage (its losses before training are the evaluation at step 0)")
+        defaults["eval_on_start"] = True
     defaults = {**fast_defaults(), "include_num_input_tokens_seen": "non_padding", **defaults}
     try:
         return cls(**{**defaults, **settings}, output_dir=checkpoint_dir, report_to=job.tracker.report_to)

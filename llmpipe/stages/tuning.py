@@ -44,7 +44,7 @@ def prompt_completion_splits(entries: dict[str, list[dict]], prompt_format: str)
 def sft_config(recipe: SftRecipe, checkpoint_folder: str, job: base.Stage, context: int) -> SFTConfig:
     """The recipe's SFTConfig; by default the loss is on the completion only and sequences fill the context."""
     return training.arguments(
-        SFTConfig, recipe.training, checkpoint_folder, job, max_length=context, completion_only_loss=True, eval_on_start=True
+        SFTConfig, recipe.training, checkpoint_folder, job, max_length=context, completion_only_loss=True, initial_losses=True
     )
 
 
@@ -84,7 +84,7 @@ def run(
             peft_config=peft_config(recipe, model) if peft_config else None,
         )
         throughput.add_to(trainer, timer := throughput.Throughput())
-        training.train(trainer, args, checkpoints.run_identity(recipe, model, [job.params.instruction_data]))
+        training.train(trainer, args, checkpoints.run_identity(recipe, model, artifacts.weights_digest(source), [job.params.instruction_data]))
         final = trainer.evaluate()
         metrics = {}
         if trainer.is_world_process_zero():  # rank 0 reports (the other ranks would measure the CPU peak against it)
