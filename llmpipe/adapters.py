@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 import peft
+import torch
 import transformers
 from peft import (
     IA3Config,
@@ -17,9 +18,10 @@ from peft import (
     PromptEncoderConfig,
     PromptTuningConfig,
     TaskType,
+    get_peft_model,
 )
 from torch import nn
-from transformers import PreTrainedModel, Trainer
+from transformers import PretrainedConfig, PreTrainedModel, Trainer
 from transformers.pytorch_utils import Conv1D
 
 from llmpipe import artifacts
@@ -36,8 +38,14 @@ def lora_config(settings: dict, task_type: TaskType, model: PreTrainedModel) -> 
     decoder (PEFT's `all-linear` finds them in any architecture: GPT-2's c_attn, c_proj, c_fc; Llama's
     q/k/v/o_proj and gate/up/down_proj; never the output layer). GPT-2's linear layers are Conv1D
     (weights stored transposed), which `fan_in_fan_out` tells PEFT."""
+    _check_task_type("lora", settings)
     defaults = {"r": 16, "lora_alpha": 16, "target_modules": "all-linear", **transposed_weights(model)}
     return LoraConfig(task_type=task_type, **{**defaults, **settings})
+
+
+def _check_task_type(method: str, settings: dict) -> None:
+    if "task_type" in settings:
+        raise UserError(f"`{method}.task_type` is set by llmpipe from the stage (its task); remove it")
 
 
 # each PEFT method's config class, and the values a recipe's empty section starts from
@@ -61,8 +69,21 @@ def peft_config(method: str, settings: dict, task_type: TaskType, model: PreTrai
             f"which {type(model).__name__} in transformers {transformers.__version__} no longer takes (it is `cache` "
             "now); use prompt_tuning, p_tuning or ia3 until PEFT follows"
         )
+    _check_task_type(method, settings)
     defaults = {**PEFT_DEFAULTS.get(method, {}), **(transposed_weights(model) if method == "ia3" else {})}
     return PEFT_METHODS[method](task_type=task_type, **{**defaults, **settings})
+
+
+def check_on_skeleton(build: Callable[[PreTrainedModel], PeftConfig], model_class: type, config: PretrainedConfig, where: str) -> None:
+    """The PEFT config a recipe's section `build`s, tried on the base model's skeleton (on the meta device:
+    no weights, no memory) where the recipe enters: PEFT's own refusals (a rank of 0, a dropout of 2, target
+    modules the model lacks) then come before any training, as one line naming the recipe."""
+    with torch.device("meta"):
+        skeleton = model_class.from_config(config)
+        try:
+            get_peft_model(skeleton, build(skeleton))
+        except (UserError, ValueError, TypeError) as err:
+            raise UserError(f"{where}: {str(err).strip().splitlines()[0]}") from None
 
 
 def text_positions(model) -> int:

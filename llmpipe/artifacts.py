@@ -1,5 +1,6 @@
 """Load what a stage saved (or a Hub id) with stock `from_pretrained`, failing with a message a user can act on."""
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -26,11 +27,24 @@ def _not_loadable(source: str, what: str, err: Exception) -> UserError:
     return UserError(f"{source}: cannot load a {what} ({reason}); {fix}")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")  # any one: a saved tokenizer
+
+
+def _local(source: str | Path) -> bool:
+    """A path rather than a Hub id: explicitly relative or absolute, or inside a folder that exists here
+    (`artifacts/missing`, where `namespace/name` on the Hub would name no local folder)."""
+    text = str(source)
+    return text.startswith(("/", "./", "../", "~")) or (Path(text).parent != Path(".") and Path(text).parent.is_dir())
+
+
 def load_pretrained(load: Callable, source: str | Path, what: str, **kwargs):
     """`load(source, **kwargs)` (a `from_pretrained`), with a message a user can act on if it fails
-    (SafetensorError: a truncated weights file)."""
+    (SafetensorError: a truncated weights file). A local path that does not exist is named at once rather
+    than tried on the Hub (which retries for most of a minute without the network)."""
     if Path(source).is_file():
         raise UserError(f"{source}: is a file, not a model folder; point to a folder a stage wrote (artifacts/<stage>) or a Hub id")
+    if _local(source) and not Path(source).exists():
+        raise UserError(f"{source}: no such folder; point to a folder a stage wrote (artifacts/<stage>), or run `make repro` first")
     try:
         return load(str(source), **kwargs)
     except (OSError, ValueError, KeyError, SafetensorError) as err:
@@ -60,6 +74,13 @@ def load_model(
     `new_weights`: a head the caller adds), holds beyond what its config builds (but the modules in
     `dropped`: a head the caller replaces) or holds in other shapes would load silently as random or
     dropped layers: the config and the weights come from different runs, or another task."""
+    adapter = Path(source) / "adapter_config.json"
+    if adapter.is_file() and not (Path(source) / "config.json").is_file():
+        base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        raise UserError(
+            f"{source}: holds a PEFT adapter, not a whole {what}; use the merged model folder a stage wrote beside it "
+            f"(artifacts/lora/merged), or the adapter's base ({base})"
+        )
     model, info = load_pretrained(
         model_class.from_pretrained, source, what, use_safetensors=True, output_loading_info=True,
         ignore_mismatched_sizes=True, **kwargs,  # reported in `info` rather than raised, so they can be named
@@ -87,6 +108,12 @@ def load_model(
 
 def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer, padding with EOS when it has no pad token of its own (GPT-2's has none)."""
+    folder = Path(source)
+    if folder.is_dir() and any(folder.iterdir()) and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(
+            f"{source}: no tokenizer in this folder ({', '.join(TOKENIZER_FILES)}); every stage saves its tokenizer "
+            "beside the model: point to a folder a stage wrote (artifacts/<stage>)"
+        )
     tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, "tokenizer")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -39,6 +39,14 @@ def at_least(minimum: int, default: Any) -> Any:
     return checked(default, lambda value: value >= minimum, f"at least {minimum}")
 
 
+SEED_RULE = "between 0 and 4294967295 (numpy and torch take 32-bit seeds)"
+
+
+def seed(default: int) -> Any:
+    """A seed numpy or torch takes: a negative one fails only where it is first used, perhaps hours in."""
+    return checked(default, lambda value: 0 <= value < 2**32, SEED_RULE)
+
+
 def broken_rule(field: dataclasses.Field, value: Any) -> str | None:
     """What a `checked` field's rule says of a value it refuses ("must be ... (got ...)"); None if it passes."""
     accept = field.metadata.get("accept")
@@ -140,7 +148,7 @@ def build(schema: type[T], data: dict, source: str, prefix: str = "") -> T:
     for name, fix in getattr(schema, "RETIRED_KEYS", {}).items():  # keys of older recipes, with what replaced them
         if name in data:
             raise UserError(f"{source}: `{prefix}{name}` {fix}")
-    _reject_unknown(data, fields, source, prefix)
+    reject_unknown(data, fields, source, prefix)
     values = {}
     for name, field in fields.items():
         key = prefix + name
@@ -158,7 +166,7 @@ def build(schema: type[T], data: dict, source: str, prefix: str = "") -> T:
     return schema(**values)
 
 
-def _reject_unknown(data: dict, valid: typing.Iterable[str], source: str, prefix: str) -> None:
+def reject_unknown(data: dict, valid: typing.Iterable[str], source: str, prefix: str) -> None:
     valid = list(valid)
     for name in data:
         if name not in valid:
@@ -176,7 +184,7 @@ def _check_library_kwargs(cls: type, data: Any, source: str, prefix: str) -> dic
     if not isinstance(data, dict):
         raise UserError(f"{source}: `{prefix[:-1]}` must be a mapping of {cls.__name__} arguments")
     arguments = library_arguments(cls)
-    _reject_unknown(data, arguments, source, prefix)
+    reject_unknown(data, arguments, source, prefix)
     return {name: _conform(value, arguments[name], source, prefix + name) for name, value in data.items()}
 
 

@@ -23,7 +23,7 @@ class Decoding:
     temperature: float = config.checked(0.0, lambda t: t >= 0, "0 (greedy, the book's) or positive (sampling)")
     top_k: int | None = config.checked(None, lambda k: k >= 1, "at least 1; leave it unset to sample from every token")
     top_p: float | None = config.checked(None, lambda p: 0 < p <= 1, "in (0, 1]: the share of probability mass to sample from")
-    seed: int = 123  # for sampling
+    seed: int = config.seed(123)  # for sampling
 
 
 def decoding(tokenizer: PreTrainedTokenizerBase, settings: Decoding) -> GenerationConfig:
@@ -44,15 +44,17 @@ def with_every_rank() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
 
 
-def check_prompt(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int) -> None:
-    """An empty prompt, or one that leaves no room for `max_new_tokens` in the context, is an error."""
+def check_prompt(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int,
+                 where: str = "") -> None:
+    """An empty prompt, or one that leaves no room for `max_new_tokens` in the context, is an error;
+    `where` ("<file>: `key`: ") names a prompt that comes from a recipe."""
     if not prompt.strip():
-        raise UserError("the prompt is empty; give some text to continue")
+        raise UserError(f"{where}the prompt is empty; give some text to continue")
     n_prompt = len(tokenizer(prompt)["input_ids"])
     context = artifacts.context_length(model)
     if n_prompt + max_new_tokens > context:
         raise UserError(
-            f"the prompt ({n_prompt} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
+            f"{where}the prompt ({n_prompt} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
             f"model's context of {context} tokens; ask for fewer new tokens or shorten the prompt"
         )
 

@@ -25,7 +25,7 @@ class DataParams:
     normalization: Literal["NFC", "NFKC", "NFD", "NFKD"] | None = "NFC"
     deduplicate: bool = True
     validation_fraction: float = config.checked(0.1, lambda f: 0 < f < 1, "between 0 and 1, for example 0.1")
-    seed: int = 123
+    seed: int = config.seed(123)
 
 
 @dataclass

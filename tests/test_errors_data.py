@@ -89,6 +89,14 @@ def test_a_split_that_comes_out_empty_is_named(inside, capsys, tmp_path):
             "change `split`", extra=("--recipe", str(recipe / "sft.yaml")))
 
 
+def test_a_misspelt_split_part_is_named_with_the_right_one(inside, capsys, tmp_path):
+    recipe = tmp_path / "recipe"
+    shutil.copytree(inside / "recipes/test", recipe)
+    (recipe / "instructions.yaml").write_text("split: {train: 0.85, test: 0.10, validaton: 0.05}\n")
+    refused(inside, capsys, "sft", params_with(inside, tmp_path), f"{recipe}/instructions.yaml: unknown key `split.validaton`",
+            "did you mean `split.validation`?", extra=("--recipe", str(recipe / "sft.yaml")))
+
+
 @pytest.mark.parametrize("stage, setting", [
     ("tokenizer", "data_files"), ("classify", "classify_data"), ("sft", "instruction_data"),
 ])

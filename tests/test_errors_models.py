@@ -1,6 +1,7 @@
 """Bad models: a folder without a model, weights that do not fit their config or task, a tokenizer from
 another run, checkpoints of another shape."""
 
+import copy
 import json
 import shutil
 
@@ -101,3 +102,28 @@ def test_a_base_with_its_own_output_layer_becomes_a_classifier(tmp_path):
                         tie_word_embeddings=False)
     GPT2LMHeadModel(config).save_pretrained(tmp_path)
     assert load_classifier(str(tmp_path), {}).config.num_labels == 2
+
+
+def test_a_model_folder_without_its_tokenizer_is_named(inside, capsys, tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path / "weights-only")
+    assert_refused(cli.main(["generate", "--model", str(tmp_path / "weights-only"), "--prompt", "Hi"]), capsys.readouterr().err,
+                   f"{tmp_path / 'weights-only'}: no tokenizer in this folder")
+
+
+def test_an_adapter_folder_given_as_a_whole_model_is_named_with_its_base(inside, capsys, tmp_path, tiny_model, tokenizer):
+    from peft import TaskType, get_peft_model
+
+    from llmpipe import adapters
+
+    adapter = tmp_path / "adapter"
+    get_peft_model(copy.deepcopy(tiny_model), adapters.lora_config({"r": 2}, TaskType.CAUSAL_LM, tiny_model)).save_pretrained(adapter)
+    tokenizer.save_pretrained(adapter)
+    before = outputs_snapshot(inside)
+    assert_refused(cli.main(["sft", "--base", str(adapter)]), capsys.readouterr().err,
+                   f"{adapter}: holds a PEFT adapter, not a whole causal language model", "merged model folder")
+    assert outputs_snapshot(inside) == before
+
+
+def test_a_missing_folder_inside_an_existing_one_is_named_as_a_path_not_tried_as_a_hub_id(inside, capsys):
+    assert_refused(cli.main(["generate", "--model", "artifacts/missing", "--prompt", "Hi"]), capsys.readouterr().err,
+                   "artifacts/missing: no such folder")

@@ -135,3 +135,24 @@ def test_a_missing_accelerate_config_is_named_by_dvc_and_checkout_restores_the_o
     sh(own_repo, "dvc", "checkout")  # the last complete outputs come back from DVC's cache
     assert (own_repo / "artifacts/pretrain/model.safetensors").is_file()
     assert "pretrain" not in sh(own_repo, "dvc", "status").stdout
+
+
+@pytest.mark.parametrize(
+    "argv, culprit",
+    [(["lora", "--set", "lora.r=0"], "recipes/test/lora.yaml: `r` should be a positive integer value"),
+     (["lora", "--set", "lora.target_modules=[nope]"], "recipes/test/lora.yaml: Target modules {'nope'} not found in the base model"),
+     (["lora", "--set", "lora.task_type=SEQ_CLS"], "recipes/test/lora.yaml: `lora.task_type` is set by llmpipe"),
+     (["classify", "--set", "trainable=lora", "--set", "lora.lora_dropout=2"], "recipes/test/classify.yaml: dropout probability")],
+)
+def test_a_peft_section_peft_refuses_is_named_before_any_training(inside, capsys, tmp_path, argv, culprit):
+    before = outputs_snapshot(inside)
+    assert_refused(cli.main([*argv, "--checkpoints", str(tmp_path / "checkpoints")]), capsys.readouterr().err, culprit)
+    assert outputs_snapshot(inside) == before and not (tmp_path / "checkpoints").exists()
+
+
+def test_a_sample_prompt_that_cannot_be_continued_names_its_recipe_keys(inside, capsys, tmp_path):
+    argv = ["pretrain", "--set", "sample_max_new_tokens=100000", "--output", str(tmp_path / "out"),
+            "--checkpoints", str(tmp_path / "checkpoints"), "--metrics", str(tmp_path / "m.json"), "--plots", str(tmp_path / "p.csv")]
+    assert_refused(cli.main(argv), capsys.readouterr().err,
+                   "recipes/test/pretrain.yaml: `sample_prompt`, `sample_max_new_tokens`: the prompt", "max_new_tokens (100000)")
+    assert not (tmp_path / "out").exists()

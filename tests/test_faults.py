@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 from llmpipe import cli
 from llmpipe.runtime import atomic
-from tests.conftest import REPO, staging_leftovers
+from tests.conftest import REPO, assert_refused, staging_leftovers
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
@@ -165,3 +165,43 @@ def test_a_full_disk_while_saving_is_named_and_the_previous_artifact_is_intact(i
     assert code == 28 and "no space left on the device while writing" in err and "tokenizer.json" in err
     assert "previous outputs are intact" in err and "Traceback" not in err
     assert (out / "config.json").read_text() == '{"old": true}' and not staging_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "target, culprit",
+    [("recipes", "--output recipes: holds files no llmpipe stage writes (recipes/"),
+     ("params.yaml", "--output params.yaml: is a file"),
+     (".", "--output .: holds the working folder")],
+)
+def test_an_output_that_is_not_a_stage_output_is_refused_before_any_work(inside, capsys, target, culprit):
+    """A stage replaces its output folder whole: pointed at the user's own files, it must not touch them."""
+    before = {str(path): path.stat().st_mtime_ns for path in inside.rglob("*") if path.is_file() and "mlruns" not in path.parts}
+    assert_refused(cli.main(["tokenizer", "--output", target]), capsys.readouterr().err, culprit)
+    after = {str(path): path.stat().st_mtime_ns for path in inside.rglob("*") if path.is_file() and "mlruns" not in path.parts}
+    assert after == before and not staging_leftovers(inside)
+
+
+def test_an_earlier_output_and_an_empty_folder_may_be_replaced(inside, capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    for _ in ("empty", "an earlier output"):
+        assert cli.main(["tokenizer", "--output", str(tmp_path / "empty"), "--metrics", str(tmp_path / "m.json")]) == 0
+        assert (tmp_path / "empty/tokenizer.json").is_file()
+
+
+def test_a_metrics_path_that_is_a_folder_is_refused_before_any_work(inside, capsys, tmp_path):
+    assert_refused(cli.main(["tokenizer", "--output", str(tmp_path / "out"), "--metrics", str(tmp_path)]),
+                   capsys.readouterr().err, f"--metrics {tmp_path}: is a folder")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folders_files_follow_the_umask_even_when_a_library_writes_them_owner_only(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    previous = os.umask(0o022)
+    try:
+        with atomic.directory(tmp_path / "model") as staging:
+            save_file({"weight": torch.zeros(2)}, staging / "model.safetensors")  # safetensors creates it 0600
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "model/model.safetensors").stat().st_mode & 0o777 == 0o644

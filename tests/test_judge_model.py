@@ -39,7 +39,7 @@ def test_a_judge_source_that_cannot_be_had_is_named(inside, source, culprit):
 
 @pytest.mark.parametrize(
     "settings, culprit",
-    [(["judge.model=artifacts/no-such-judge"], "`judge.model`: artifacts/no-such-judge: cannot load a tokenizer"),
+    [(["judge.model=artifacts/no-such-judge"], "`judge.model`: artifacts/no-such-judge: no such folder"),
      (["judge.model=HuggingFaceTB/no-such-model"], "`judge.model`: HuggingFaceTB/no-such-model: cannot load"),
      (["judge.model=artifacts/pretrain", "judge.prompt_format=chat"], "has no chat template, but `judge.prompt_format` is chat")],
 )

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=held_to_rule("temperature", float), default=0.0, help="0 = greedy (default); >0 samples")
     parser.add_argument("--top-k", type=held_to_rule("top_k", int), default=None, help="sample only among the k most likely tokens")
     parser.add_argument("--top-p", type=held_to_rule("top_p", float), default=None, help="sample only within this cumulative probability")
-    parser.add_argument("--seed", type=int, default=123, help="random seed for sampling (default: %(default)s)")
+    parser.add_argument("--seed", type=held_to_rule("seed", int), default=123, help="random seed for sampling (default: %(default)s)")
 
 
 def main(args: argparse.Namespace) -> None:

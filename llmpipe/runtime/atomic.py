@@ -10,6 +10,13 @@ from typing import Iterator
 
 import psutil
 
+from llmpipe.errors import UserError
+
+# What the stages write into their output folders. A folder of only these, holding a model, tokenizer,
+# dataset or answers, is an earlier output: a stage may replace it whole. Anything else is a user's.
+OUTPUT_SUFFIXES = {".json", ".jsonl", ".safetensors", ".md", ".png", ".jinja", ".arrow", ".txt", ".model", ".csv"}
+OUTPUT_SIGNATURES = {"config.json", "adapter_config.json", "tokenizer.json", "dataset_dict.json"}
+
 
 def _umask() -> int:
     current = os.umask(0)
@@ -38,9 +45,34 @@ def _clear_leftovers(target: Path, kinds: tuple[str, ...] = ("tmp", "old")) -> N
             leftover.unlink(missing_ok=True)
 
 
+def check_replaceable(target: str | Path, option: str) -> None:
+    """Refuse, before any work, a folder target that `directory` would replace but no stage wrote: a file,
+    the working folder (or one holding it), or a folder with anything in it but a stage's outputs."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{option} {target}: is a file; give a folder to write (a stage replaces its output folder whole)")
+    if target.resolve() == Path.cwd() or target.resolve() in Path.cwd().parents:
+        raise UserError(f"{option} {target}: holds the working folder; give a folder of its own, e.g. artifacts/<name>")
+    files = [path for path in target.rglob("*") if path.is_file()] if target.is_dir() else []
+    foreign = [path for path in files if path.suffix not in OUTPUT_SUFFIXES]
+    written = any(path.name in OUTPUT_SIGNATURES or path.suffix == ".jsonl" for path in files)
+    if files and (foreign or not written):
+        raise UserError(
+            f"{option} {target}: holds files no llmpipe stage writes ({(foreign or files)[0]}), and a stage replaces "
+            "its output folder whole; give a new or empty folder, or one a stage wrote"
+        )
+
+
+def check_file_target(target: str | Path, option: str) -> None:
+    """Refuse, before any work, a file target that is a folder (the write at the end would fail)."""
+    if Path(target).is_dir():
+        raise UserError(f"{option} {target}: is a folder; give the path of a file to write")
+
+
 @contextlib.contextmanager
 def directory(target: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder next to `target`; on success it replaces `target`."""
+    """Yield an empty temporary folder next to `target`; on success it replaces `target`, its files readable
+    as the umask says (safetensors writes weights owner-only)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _clear_leftovers(target)
@@ -51,6 +83,9 @@ def directory(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    for written in staging.rglob("*"):
+        if written.is_file():
+            written.chmod(0o666 & ~_umask())
     if target.exists():
         # rename(2) cannot replace a non-empty folder: move the old one aside first, then drop it.
         retired = Path(tempfile.mkdtemp(prefix=_prefix(target, "old"), dir=target.parent))

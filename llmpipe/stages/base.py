@@ -23,8 +23,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, stage: str, schema: ty
     parser.add_argument("--recipe", help=f"the stage's recipe (default: recipes/<recipe in params>/{stage}.yaml)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override one recipe value, e.g. --set training.learning_rate=3e-4 (YAML value; "
-        "wins over the recipe file; repeatable)",
+        help=f"override one recipe value{_example_setting(schema)} (YAML value; wins over the recipe file; repeatable)",
     )
     parser.add_argument(
         "--set-from", dest="changes", metavar="FILE:NAME",
@@ -34,6 +33,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, stage: str, schema: ty
     parser.add_argument("--metrics", default=f"metrics/{stage}.json", help="metrics JSON to write (default: %(default)s)")
     parser.epilog = "recipe keys: " + describe(schema)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _example_setting(schema: type) -> str:
+    """", e.g. --set KEY=VALUE" with one of the stage's own recipe keys (nothing where none is a plain value)."""
+    fields = dataclasses.fields(schema)
+    if any(field.name == "training" for field in fields):
+        return ", e.g. --set training.learning_rate=3e-4"
+    plain = next((field for field in fields if type(field.default) in (int, float, str)), None)
+    return f", e.g. --set {plain.name}={plain.default}" if plain else ""
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, stage: str, schema: type, base: bool = True) -> None:
@@ -120,6 +128,9 @@ def check_training(settings: dict, recipe_path: Path) -> None:
     for key in POSITIVE_SETTINGS:
         if key in settings and isinstance(settings[key], (int, float)) and settings[key] <= 0:
             raise UserError(f"{where}.{key}` must be above 0 (got {settings[key]})")
+    for key in ("seed", "data_seed"):
+        if isinstance(settings.get(key), int) and not 0 <= settings[key] < 2**32:
+            raise UserError(f"{where}.{key}` must be {config.SEED_RULE} (got {settings[key]})")
     if settings.get("max_steps", -1) <= 0 and settings.get("num_train_epochs", 3) <= 0:
         raise UserError(f"{where}` trains for no steps: set `max_steps` or `num_train_epochs` above 0")
 
@@ -143,6 +154,11 @@ def begin(args: argparse.Namespace, name: str, schema: type) -> Stage:
     recipe = config.load(schema, recipe_path, args.overrides, args.changes)
     if isinstance(getattr(recipe, "training", None), dict):
         check_training(recipe.training, recipe_path)
+    if getattr(args, "output", None):
+        atomic.check_replaceable(args.output, "--output")
+    for option in ("metrics", "plots", "figure"):  # the files a stage writes, where it has the option
+        if getattr(args, option, None):
+            atomic.check_file_target(getattr(args, option), f"--{option}")
     # a run of the stage with a named set of changes (the adaptation experiment's methods) is its own MLflow
     # run and registered model: classify-probe beside classify
     label = f"{name}-{args.changes.rpartition(':')[2].rpartition('.')[2]}" if args.changes else name

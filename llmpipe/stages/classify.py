@@ -21,6 +21,7 @@ from peft import (
 )
 from transformers import (
     AutoConfig,
+    AutoModelForSequenceClassification,
     DataCollatorWithPadding,
     PreTrainedModel,
     Trainer,
@@ -47,7 +48,7 @@ class ClassifyRecipe:
         "probe", "bitfit", "last_block", "all", "lora", "ia3", "prompt_tuning", "p_tuning", "prefix_tuning"
     ] = "last_block"
     split: spam.SpamSplit = field(default_factory=spam.SpamSplit)
-    max_length: int | None = None  # tokens kept per message; default: the model's context
+    max_length: int | None = config.at_least(1, None)  # tokens kept per message; default: the model's context
     model: dict = field(default_factory=dict)  # the base model's config values to change (its own config class's arguments)
     lora: dict = library_section(LoraConfig)  # with trainable: lora
     ia3: dict = library_section(IA3Config)  # with trainable: ia3
@@ -111,6 +112,11 @@ def main(args: argparse.Namespace) -> None:
     changes = config_changes(recipe, source, job.recipe_path) | {
         "pad_token_id": tokenizer.pad_token_id, "problem_type": "single_label_classification"
     }
+    if recipe.trainable in adapters.PEFT_METHODS:
+        classifier = artifacts.load_pretrained(AutoConfig.from_pretrained, source, "model", **artifacts.label_settings(spam.LABELS), **changes)
+        section = getattr(recipe, recipe.trainable)
+        adapters.check_on_skeleton(lambda skeleton: adapters.peft_config(recipe.trainable, section, TaskType.SEQ_CLS, skeleton),
+                                   AutoModelForSequenceClassification, classifier, str(job.recipe_path))
 
     with job.tracker:
         job.log_config()

@@ -28,7 +28,7 @@ from llmpipe.stages import base
 class Bootstrap:
     resamples: int = config.at_least(1, 1000)
     confidence: float = config.checked(0.95, lambda c: 0 < c < 1, "between 0 and 1, for example 0.95")
-    seed: int = 123
+    seed: int = config.seed(123)
 
 
 @dataclass
@@ -45,7 +45,7 @@ class EvaluateRecipe:
     decoding: generation.Decoding = field(default_factory=generation.Decoding)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     bootstrap: Bootstrap = field(default_factory=Bootstrap)
-    mismatch_seed: int = 123  # which other example's reference each validity check scores as a wrong answer
+    mismatch_seed: int = config.seed(123)  # which other example's reference each validity check scores as a wrong answer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -119,7 +119,8 @@ def main(args: argparse.Namespace) -> None:
         )
         set_seed(training_args.seed)
         model = build_model(recipe, tokenizer, context_length, job.recipe_path)
-        generation.check_prompt(model, tokenizer, recipe.sample_prompt, recipe.sample_max_new_tokens)
+        generation.check_prompt(model, tokenizer, recipe.sample_prompt, recipe.sample_max_new_tokens,
+                                f"{job.recipe_path}: `sample_prompt`, `sample_max_new_tokens`: ")
         trainer = Trainer(
             model=model,
             args=training_args,

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Callable, ClassVar
 
 from datasets import Dataset
-from transformers import PreTrainedModel, set_seed
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from llmpipe import artifacts, config, generation
+from llmpipe import adapters, artifacts, config, generation
 from llmpipe.config import at_least, library_section
 from llmpipe.data import instructions
 from llmpipe.hub import cards
@@ -69,6 +69,9 @@ def run(
     source = recipe.init_from or args.base
     tokenizer = artifacts.load_tokenizer(source)
     instructions.prepare_tokenizer(tokenizer, prompt_format)
+    if peft_config is not None:
+        model_config = artifacts.load_pretrained(AutoConfig.from_pretrained, source, "model")
+        adapters.check_on_skeleton(lambda skeleton: peft_config(recipe, skeleton), AutoModelForCausalLM, model_config, str(job.recipe_path))
 
     with job.tracker:
         job.log_config(**config.flatten(task, "instructions."))
