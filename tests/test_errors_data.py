@@ -81,20 +81,16 @@ def test_an_instruction_entry_missing_a_field_is_named_by_index(inside, capsys, 
     refused(inside, capsys, "sft", params_with(inside, tmp_path, instruction_data=str(bad)), "instructions.json", "7", "output")
 
 
-def test_a_split_that_comes_out_empty_is_named(inside, capsys, tmp_path):
+@pytest.mark.parametrize("split, culprits", [
+    ("{train: 0.9499, test: 0.0001, validation: 0.05}", ["the test split is empty", "change `split`"]),  # comes out empty
+    ("{train: 0.85, test: 0.10, validaton: 0.05}", ["unknown key `split.validaton`", "did you mean `split.validation`?"]),
+])
+def test_a_split_that_cannot_be_cut_is_named(inside, capsys, tmp_path, split, culprits):
     recipe = tmp_path / "recipe"
     shutil.copytree(inside / "recipes/test", recipe)
-    (recipe / "instructions.yaml").write_text("split: {train: 0.9499, test: 0.0001, validation: 0.05}\n")
-    refused(inside, capsys, "sft", params_with(inside, tmp_path), f"{recipe}/instructions.yaml: the test split is empty",
-            "change `split`", extra=("--recipe", str(recipe / "sft.yaml")))
-
-
-def test_a_misspelt_split_part_is_named_with_the_right_one(inside, capsys, tmp_path):
-    recipe = tmp_path / "recipe"
-    shutil.copytree(inside / "recipes/test", recipe)
-    (recipe / "instructions.yaml").write_text("split: {train: 0.85, test: 0.10, validaton: 0.05}\n")
-    refused(inside, capsys, "sft", params_with(inside, tmp_path), f"{recipe}/instructions.yaml: unknown key `split.validaton`",
-            "did you mean `split.validation`?", extra=("--recipe", str(recipe / "sft.yaml")))
+    (recipe / "instructions.yaml").write_text(f"split: {split}\n")
+    refused(inside, capsys, "sft", params_with(inside, tmp_path), f"{recipe}/instructions.yaml: ", *culprits,
+            extra=("--recipe", str(recipe / "sft.yaml")))
 
 
 @pytest.mark.parametrize("stage, setting", [
