@@ -3,6 +3,7 @@ top-p), and a model's responses to many instructions: batched, left-padded, KV-c
 response cut at EOS and stripped of the prompt format's markers."""
 
 import copy
+import math
 import re
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ class Decoding:
     """How to decode: checked where it enters (a recipe's `decoding` section, `llmpipe generate`'s options)."""
 
     max_new_tokens: int = config.at_least(1, 128)
-    temperature: float = config.checked(0.0, lambda t: t >= 0, "0 (greedy, the book's) or positive (sampling)")
+    temperature: float = config.checked(0.0, lambda t: 0 <= t < math.inf, "0 (greedy, the book's) or a positive finite number (sampling)")
     top_k: int | None = config.checked(None, lambda k: k >= 1, "at least 1; leave it unset to sample from every token")
     top_p: float | None = config.checked(None, lambda p: 0 < p <= 1, "in (0, 1]: the share of probability mass to sample from")
     seed: int = config.seed(123)  # for sampling

@@ -33,6 +33,14 @@ def test_a_tokenizer_from_another_run_is_refused(inside, capsys, tmp_path, tiny_
                    f"{tmp_path}: the tokenizer has 512 tokens but the model's vocabulary holds {tiny_model.config.vocab_size}")
 
 
+def test_a_corpus_packed_with_another_tokenizer_is_refused_before_training(inside, capsys, tmp_path, tokenizer):
+    tokenizer.save_pretrained(tmp_path / "smaller")  # 400 tokens; the workspace's corpus was packed with 512
+    before = outputs_snapshot(inside)
+    assert_refused(cli.main(["pretrain", "--tokenizer", str(tmp_path / "smaller")]), capsys.readouterr().err,
+                   "artifacts/corpus: holds token id", f"beyond the 400-token vocabulary of {tmp_path / 'smaller'}")
+    assert outputs_snapshot(inside) == before
+
+
 def test_checkpoints_of_another_shape_are_refused_and_kept(inside, capsys):
     run_file = inside / "checkpoints/pretrain/llmpipe-run.json"
     finished = json.loads(run_file.read_text())

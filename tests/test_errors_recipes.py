@@ -12,6 +12,7 @@ CASES = {
         ["recipes/test/pretrain.yaml", "`training.learnig_rate`", "did you mean `training.learning_rate`"],
     ),
     "wrong type": (["pretrain", "--set", "model.n_layer=two"], ["recipes/test/pretrain.yaml", "model.n_layer"]),
+    "no layers": (["pretrain", "--set", "model.n_layer=-1"], ["recipes/test/pretrain.yaml: `model.n_layer` must be at least 1 (got -1)"]),
     "n_embd not divisible by n_head": (
         ["pretrain", "--set", "model.n_embd=30", "--set", "model.n_head=4"],
         ["`model.n_embd` (30) must be divisible by `model.n_head` (4)"],
@@ -35,6 +36,12 @@ CASES = {
     "remote code switched on": (
         ["sft", "--set", "training.trust_remote_code=true"],
         ["recipes/test/sft.yaml: `training.trust_remote_code` is set by llmpipe", "never runs"],
+    ),
+    "a shard size that is not a size": (
+        ["corpus", "--set", "shard_size=abc"], ["recipes/test/corpus.yaml: `shard_size` must be a size such as 500MB or 2GB (got abc)"],
+    ),
+    "a judge endpoint's timeout at or below zero": (
+        ["evaluate", "--set", "judge.timeout=-1"], ["recipes/test/evaluate.yaml: `judge.timeout` must be above 0 seconds (got -1)"],
     ),
     "a stride longer than a block": (
         ["corpus", "--set", "stride=64"], ["recipes/test/corpus.yaml: `stride` must be at most context_length (32), got 64"],
@@ -76,7 +83,7 @@ CASES = {
     ),
     "negative temperature in evaluation": (
         ["evaluate", "--set", "decoding.temperature=-0.5"],
-        ["recipes/test/evaluate.yaml: `decoding.temperature` must be 0 (greedy, the book's) or positive (sampling) (got -0.5)"],
+        ["recipes/test/evaluate.yaml: `decoding.temperature` must be 0 (greedy, the book's) or a positive finite number (sampling) (got -0.5)"],
     ),
     "top_p above 1 in evaluation": (
         ["evaluate", "--set", "decoding.top_p=1.5"], ["recipes/test/evaluate.yaml: `decoding.top_p` must be in (0, 1]"],

@@ -180,6 +180,15 @@ def test_one_base_model_for_several_stages_is_refused(workdir, capsys):
     assert "--repo-id and --base-model name one repository" in capsys.readouterr().err
 
 
+def test_a_folder_without_weights_or_no_folder_is_refused_before_anything_is_sent(workdir, hub, capsys):
+    (workdir / "artifacts/pretrain/model.safetensors").unlink()
+    assert cli.main(["push", "lora", "pretrain"]) == 2
+    assert "artifacts/pretrain: no weights (*.safetensors) in this folder" in capsys.readouterr().err
+    assert cli.main(["push", "pretrain", "--dry-run", "--artifacts", "elsewhere"]) == 2
+    assert "elsewhere/pretrain: no such folder" in capsys.readouterr().err
+    assert hub["commits"] == []  # not even the lora adapter, which was whole
+
+
 def test_an_unknown_stage_is_named(workdir, capsys):
     assert cli.main(["push", "evaluate", "--dry-run"]) == 2
     assert "cannot push evaluate: choose from tokenizer, pretrain" in capsys.readouterr().err

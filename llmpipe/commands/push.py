@@ -79,9 +79,18 @@ def main(args: argparse.Namespace) -> None:
             raise UserError(f"{repo_id!r} is not a Hub repository id ({err}); fix {where} (USER/NAME)") from None
     if not args.dry_run:
         require_hub()
+    for stage in stages:  # every folder before the first push: no half-pushed set of stages
+        check_folder(stage, Path(args.artifacts) / FOLDERS[stage])
     private = hub.private if args.private is None else args.private
     for stage in stages:
         push_one(stage, repo_ids[stage], private, args, params)
+
+
+def check_folder(stage: str, folder: Path) -> None:
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder; run `dvc repro` first, or point --artifacts at the folder that holds it")
+    if stage != "tokenizer" and not any(folder.glob("*.safetensors")):
+        raise UserError(f"{folder}: no weights (*.safetensors) in this folder; run `dvc repro` to write the {stage} stage again")
 
 
 def push_one(stage: str, repo_id: str, private: bool, args: argparse.Namespace, params: pipeline_params.Params) -> None:
@@ -91,7 +100,8 @@ def push_one(stage: str, repo_id: str, private: bool, args: argparse.Namespace, 
     base = hub_base(facts, args, hub)
     evaluation = evaluation_of(Path(args.artifacts) / SCORED_AS.get(stage, FOLDERS[stage]), Path(args.evaluation))
     if facts.artifact in ("sft", "lora", "lora-merged") and evaluation is None:
-        print(f"push: {args.evaluation} has no scores of the weights in {folder}; the card leaves the judge out (run `dvc repro`)")
+        found = "has no scores of the weights" if Path(args.evaluation).is_file() else "does not exist, so it has no scores of the weights"
+        print(f"push: {args.evaluation} {found} in {folder}; the card leaves the judge out (run `dvc repro`)")
     card = cards.model_card(facts, repo_id, hub.license, hub.language, evaluation, base, on_hub=True, revision=args.revision)
     ops = operations(folder, card, base)
     size = sum(Path(op.path_or_fileobj).stat().st_size if isinstance(op.path_or_fileobj, (str, Path)) else len(op.path_or_fileobj) for op in ops)

@@ -8,6 +8,8 @@ and is asked for an integer only. Two backends implement it (`hf`, `openai` besi
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from llmpipe import config
+
 SCORES = range(0, 101)
 
 
@@ -19,11 +21,13 @@ class JudgeSettings:
     prompt_format: Literal["auto", "chat", "alpaca"] = "auto"  # hf: auto = chat if the tokenizer has a template
     # hf: first_number = the number the answer begins with; exact = the score then EOS, nothing else (judge/scoring.py)
     reading: Literal["first_number", "exact"] = "first_number"
-    base_url: str | None = None  # openai: e.g. http://localhost:11434/v1 (Ollama); default: $OPENAI_BASE_URL, else OpenAI
+    base_url: str | None = config.checked(  # openai: e.g. http://localhost:11434/v1 (Ollama); default: $OPENAI_BASE_URL, else OpenAI
+        None, lambda url: url.startswith(("http://", "https://")), "an http:// or https:// URL, e.g. http://localhost:11434/v1"
+    )
     api_key_env: str = "OPENAI_API_KEY"  # openai: the environment variable holding the key (never the key itself)
-    timeout: float = 60.0  # openai: seconds per request
-    max_retries: int = 3  # openai: retries with exponential backoff on connection errors, 429 and 5xx
-    max_tokens: int = 8  # openai: tokens the judge may answer with
+    timeout: float = config.checked(60.0, lambda seconds: seconds > 0, "above 0 seconds")  # openai: seconds per request
+    max_retries: int = config.at_least(0, 3)  # openai: retries with exponential backoff on connection errors, 429 and 5xx
+    max_tokens: int = config.at_least(1, 8)  # openai: tokens the judge may answer with
     seed: int = 123  # openai: sent with temperature 0 so endpoints that honour it answer reproducibly
 
 

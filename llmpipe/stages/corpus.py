@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from datasets import Dataset, DatasetDict, Features, List, Value
 from datasets.fingerprint import Hasher
+from datasets.utils.py_utils import convert_file_size_to_int
 
-from llmpipe import artifacts
+from llmpipe import artifacts, config
 from llmpipe.config import at_least
 from llmpipe.data import documents, packing
 from llmpipe.errors import UserError
@@ -27,7 +28,15 @@ class CorpusRecipe:
     stride: int | None = at_least(1, None)  # tokens between block starts; default context_length (no overlap)
     num_proc: int = at_least(1, 1)  # processes for tokenisation
     batch_size: int = at_least(1, 1000)  # documents per tokenisation batch
-    shard_size: str = "500MB"  # largest Arrow file of the saved corpus
+    # the largest Arrow file of the saved corpus
+    shard_size: str = config.checked("500MB", lambda size: _size_in_bytes(size) > 0, "a size such as 500MB or 2GB")
+
+
+def _size_in_bytes(size: str) -> int:
+    try:
+        return convert_file_size_to_int(size)
+    except ValueError:
+        return 0
 
 
 def tokenize(splits: DatasetDict, tokenizer, recipe: CorpusRecipe) -> DatasetDict:

@@ -10,8 +10,16 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.compute as pc
 from datasets import DatasetDict, load_from_disk
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, Trainer, TrainingArguments, set_seed
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
 
 from llmpipe import artifacts, generation
 from llmpipe.config import at_least, library_section
@@ -31,11 +39,14 @@ class PretrainRecipe:
     model: dict = library_section(GPT2Config)
     # rows added to the embedding (never a token) so the vocabulary is a multiple of this: tensor-core
     # friendly shapes for the output layer (nanoGPT and llm.c pad GPT-2's 50,257 to 50,304 with 64)
-    pad_to_multiple_of: int | None = None
+    pad_to_multiple_of: int | None = at_least(1, None)
     training: dict = library_section(TrainingArguments)
-    train_eval_blocks: int | None = None  # train blocks scored beside validation at each evaluation; default: as many as validation
+    train_eval_blocks: int | None = at_least(1, None)  # train blocks scored beside validation at each evaluation; default: as many as validation
     sample_prompt: str = "Every effort moves you"  # continued greedily after training, logged
     sample_max_new_tokens: int = at_least(1, 40)
+
+
+SIZES = ("n_layer", "n_head", "n_embd", "n_positions", "n_inner")
 
 
 def check_recipe(recipe: PretrainRecipe, source: Path) -> None:
@@ -44,6 +55,9 @@ def check_recipe(recipe: PretrainRecipe, source: Path) -> None:
         raise UserError(f"{source}: `score_only: true` scores pretrained weights: set `init_from` (a Hub id or a model folder)")
     if recipe.init_from and recipe.model:
         raise UserError(f"{source}: `model` must be empty with `init_from` (the architecture comes from {recipe.init_from})")
+    for key in SIZES:  # GPT2Config takes any number; a model with -1 layers trains, then fails at its sample
+        if isinstance(recipe.model.get(key), int) and recipe.model[key] < 1:
+            raise UserError(f"{source}: `model.{key}` must be at least 1 (got {recipe.model[key]})")
     n_embd, n_head = recipe.model.get("n_embd", 768), recipe.model.get("n_head", 12)
     if n_embd % n_head:
         raise UserError(f"{source}: `model.n_embd` ({n_embd}) must be divisible by `model.n_head` ({n_head})")
@@ -99,6 +113,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plots", default="plots/pretrain.csv", help="loss curves CSV (default: %(default)s)")
 
 
+def check_token_ids(corpus: DatasetDict, tokenizer, corpus_path: str, tokenizer_path: str) -> None:
+    """A corpus packed with another tokenizer holds ids the model's embedding would index past (one pass
+    over the memory-mapped Arrow column, no Python loop)."""
+    largest = max(pc.max(pc.list_flatten(blocks.data.column("input_ids"))).as_py() for blocks in corpus.values())
+    if largest >= len(tokenizer):
+        raise UserError(
+            f"{corpus_path}: holds token id {largest}, beyond the {len(tokenizer)}-token vocabulary of {tokenizer_path}; "
+            "it was packed with another tokenizer: run `llmpipe corpus` with this one (`dvc repro` does)"
+        )
+
+
 def main(args: argparse.Namespace) -> None:
     job = base.begin(args, "pretrain", PretrainRecipe)
     recipe = job.recipe
@@ -108,6 +133,7 @@ def main(args: argparse.Namespace) -> None:
         corpus: DatasetDict = load_from_disk(args.corpus)
     except FileNotFoundError:
         raise UserError(f"{args.corpus}: no packed corpus here; run `llmpipe corpus` first") from None
+    check_token_ids(corpus, tokenizer, args.corpus, args.tokenizer)
     context_length = len(corpus["train"][0]["input_ids"])
     probe_size = len(corpus["validation"]) if recipe.train_eval_blocks is None else recipe.train_eval_blocks
     train_eval = training.train_probe(corpus["train"], probe_size)

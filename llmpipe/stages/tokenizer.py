@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from llmpipe import artifacts
+from llmpipe import artifacts, config
 from llmpipe.config import library_section
 from llmpipe.data import documents
 from llmpipe.errors import UserError
@@ -25,7 +25,7 @@ BPE_TRAINER_VOCAB = 30000  # tokenizers' BpeTrainer default, where a recipe name
 @dataclass
 class TokenizerRecipe:
     init_from: str | None = None  # Hub id or folder: take that model's tokenizer instead of training one
-    eos_token: str = "<|endoftext|>"  # ends every document; also BOS
+    eos_token: str = config.checked("<|endoftext|>", bool, "a token, not empty")  # ends every document; also BOS
     pad_token: str | None = None  # default: the EOS token
     trainer: dict = library_section(BpeTrainer)
 
