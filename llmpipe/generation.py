@@ -27,6 +27,12 @@ class Decoding:
     seed: int = config.seed(123)  # for sampling
 
 
+def idle_filters(settings: Decoding) -> list[str]:
+    """The sampling filters set with greedy decoding, where they would do nothing (named, so a user who
+    meant to sample is told rather than getting greedy answers)."""
+    return [name for name in ("top_k", "top_p") if settings.temperature == 0 and getattr(settings, name) is not None]
+
+
 def decoding(tokenizer: PreTrainedTokenizerBase, settings: Decoding) -> GenerationConfig:
     """temperature 0 means greedy, as in the book; otherwise sample from the scaled, filtered distribution."""
     # top_k 0, not None: transformers fills None with its default of 50, and an unset filter means none here

@@ -35,6 +35,8 @@ def test_impossible_decoding_options_are_refused_by_name_before_the_model_loads(
     for option, value, culprit in (("--top-k", "0", "argument --top-k: must be at least 1"),
                                    ("--top-p", "1.5", "argument --top-p: must be in (0, 1]"),
                                    ("--temperature", "-1", "argument --temperature: must be 0"),
+                                   ("--temperature", "inf", "argument --temperature: must be 0 (greedy, the book's) or a positive finite"),
+                                   ("--seed", "-1", "argument --seed: must be between 0 and 4294967295"),
                                    ("--max-new-tokens", "0", "argument --max-new-tokens: must be at least 1 (got 0)"),
                                    ("--top-k", "many", "argument --top-k: invalid int value: 'many'")):
         with pytest.raises(SystemExit) as refused:
@@ -42,6 +44,11 @@ def test_impossible_decoding_options_are_refused_by_name_before_the_model_loads(
         err = capsys.readouterr().err
         assert refused.value.code == 2 and err.count("error:") == 1 and "Traceback" not in err
         assert f"llmpipe generate: error: {culprit}" in err
+
+
+def test_sampling_filters_with_greedy_decoding_are_refused_before_the_model_loads(capsys):
+    assert_refused(cli.main(["generate", "--model", "no/such/model", "--prompt", "I had", "--top-k", "5", "--top-p", "0.9"]),
+                   capsys.readouterr().err, "--top-k and --top-p filter sampling, and --temperature 0 decodes greedily")
 
 
 def judge(base_url: str, **settings) -> dict:

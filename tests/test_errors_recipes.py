@@ -43,6 +43,14 @@ CASES = {
     "a judge endpoint's timeout at or below zero": (
         ["evaluate", "--set", "judge.timeout=-1"], ["recipes/test/evaluate.yaml: `judge.timeout` must be above 0 seconds (got -1)"],
     ),
+    "a value TrainingArguments refuses, named by its key": (
+        ["pretrain", "--set", "training.eval_strategy=sometimes"],
+        ["recipes/test/pretrain.yaml: `training.eval_strategy`: sometimes is not a valid IntervalStrategy"],
+    ),
+    "a sampling filter with greedy decoding": (
+        ["evaluate", "--set", "decoding.top_p=0.9"],
+        ["recipes/test/evaluate.yaml: `decoding.top_p` filters sampling, and `decoding.temperature: 0` decodes greedily"],
+    ),
     "a stride longer than a block": (
         ["corpus", "--set", "stride=64"], ["recipes/test/corpus.yaml: `stride` must be at most context_length (32), got 64"],
     ),

@@ -7,7 +7,8 @@ import functools
 from transformers import TextStreamer, set_seed
 
 from llmpipe import artifacts, config
-from llmpipe.generation import Decoding, continue_text, decoding
+from llmpipe.errors import UserError
+from llmpipe.generation import Decoding, continue_text, decoding, idle_filters
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     settings = Decoding(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Decoding)})
+    if idle := idle_filters(settings):
+        options = " and ".join(f"--{name.replace('_', '-')}" for name in idle)
+        raise UserError(f"{options} {'filters' if len(idle) == 1 else 'filter'} sampling, and --temperature 0 decodes greedily: set --temperature above 0, or drop {options}")
     tokenizer = artifacts.load_tokenizer(args.model)
     model = artifacts.load_causal_lm(args.model).eval()
     artifacts.check_vocabulary(model, tokenizer, args.model)

@@ -158,6 +158,10 @@ def main(args: argparse.Namespace) -> None:
     recipe = job.recipe
     if not recipe.models:
         raise UserError(f"{job.recipe_path}: `models` is empty; name at least one model to evaluate")
+    if idle := generation.idle_filters(recipe.decoding):
+        keys = " and ".join(f"`decoding.{name}`" for name in idle)
+        raise UserError(f"{job.recipe_path}: {keys} {'filters' if len(idle) == 1 else 'filter'} sampling, and `decoding.temperature: 0` decodes greedily; "
+                        f"set a temperature above 0, or remove {keys}")
     entries, task = scored_entries(job)
     prompt_format = task.prompt_format
     check_room(job)

@@ -66,10 +66,25 @@ def arguments(cls: type, settings: dict, checkpoint_dir: str, job: base.Stage, i
                           "the stage (its losses before training are the evaluation at step 0)")
         defaults["eval_on_start"] = True
     defaults = {**fast_defaults(), "include_num_input_tokens_seen": "non_padding", **defaults}
+
+    def build(recipe_settings: dict):
+        return cls(**{**defaults, **recipe_settings}, output_dir=checkpoint_dir, report_to=job.tracker.report_to)
+
     try:
-        return cls(**{**defaults, **settings}, output_dir=checkpoint_dir, report_to=job.tracker.report_to)
+        return build(settings)
     except ValueError as err:
-        raise UserError(f"{job.recipe_path}: training: {err}") from None
+        # TrainingArguments names the value it refuses, seldom the argument: the culprits are the recipe's keys
+        # without which it builds
+        named = [f"`training.{key}`" for key in settings if _builds(build, {k: v for k, v in settings.items() if k != key})]
+        raise UserError(f"{job.recipe_path}: {', '.join(named) or '`training`'}: {str(err).strip().splitlines()[0]}") from None
+
+
+def _builds(build, settings: dict) -> bool:
+    try:
+        build(settings)
+        return True
+    except ValueError:
+        return False
 
 
 def train(trainer: Trainer, args: argparse.Namespace, identity: dict) -> None:
