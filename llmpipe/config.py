@@ -39,12 +39,13 @@ def at_least(minimum: int, default: Any) -> Any:
     return checked(default, lambda value: value >= minimum, f"at least {minimum}")
 
 
+SEEDS = range(2**32)  # what numpy and torch take
 SEED_RULE = "between 0 and 4294967295 (numpy and torch take 32-bit seeds)"
 
 
 def seed(default: int) -> Any:
     """A seed numpy or torch takes: a negative one fails only where it is first used, perhaps hours in."""
-    return checked(default, lambda value: 0 <= value < 2**32, SEED_RULE)
+    return checked(default, lambda value: value in SEEDS, SEED_RULE)
 
 
 def broken_rule(field: dataclasses.Field, value: Any) -> str | None:

@@ -129,7 +129,7 @@ def check_training(settings: dict, recipe_path: Path) -> None:
         if key in settings and isinstance(settings[key], (int, float)) and settings[key] <= 0:
             raise UserError(f"{where}.{key}` must be above 0 (got {settings[key]})")
     for key in ("seed", "data_seed"):
-        if isinstance(settings.get(key), int) and not 0 <= settings[key] < 2**32:
+        if isinstance(settings.get(key), int) and settings[key] not in config.SEEDS:
             raise UserError(f"{where}.{key}` must be {config.SEED_RULE} (got {settings[key]})")
     if settings.get("max_steps", -1) <= 0 and settings.get("num_train_epochs", 3) <= 0:
         raise UserError(f"{where}` trains for no steps: set `max_steps` or `num_train_epochs` above 0")

@@ -141,7 +141,7 @@ def main(args: argparse.Namespace) -> None:
     with job.tracker:
         job.log_config()
         training_args = training.arguments(  # throughput.Throughput counts the tokens: blocks are full
-            TrainingArguments, recipe.training, args.checkpoints, job, initial_losses=True, include_num_input_tokens_seen="no",
+            TrainingArguments, recipe.training, args.checkpoints, job, reports_initial_losses=True, include_num_input_tokens_seen="no",
         )
         set_seed(training_args.seed)
         model = build_model(recipe, tokenizer, context_length, job.recipe_path)

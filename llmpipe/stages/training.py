@@ -56,12 +56,12 @@ def fast_defaults() -> dict[str, Any]:
     }
 
 
-def arguments(cls: type, settings: dict, checkpoint_dir: str, job: base.Stage, initial_losses: bool = False, **defaults: Any):
+def arguments(cls: type, settings: dict, checkpoint_dir: str, job: base.Stage, reports_initial_losses: bool = False, **defaults: Any):
     """`TrainingArguments` (or a subclass such as TRL's `SFTConfig`) from the recipe's `training`
     section (checked by `begin`); llmpipe owns where checkpoints go and where metrics are reported. Trainer
     counts the input tokens (for throughput.Throughput) unless `defaults` says otherwise. With
-    `initial_losses`, the stage reports the losses before training: the evaluation at step 0 is then llmpipe's."""
-    if initial_losses:
+    `reports_initial_losses`, the stage reports the losses before training: the evaluation at step 0 is then llmpipe's."""
+    if reports_initial_losses:
         base.reject_owned(settings, ("eval_on_start",), f"{job.recipe_path}: `training",
                           "the stage (its losses before training are the evaluation at step 0)")
         defaults["eval_on_start"] = True

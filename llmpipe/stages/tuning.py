@@ -44,7 +44,7 @@ def prompt_completion_splits(entries: dict[str, list[dict]], prompt_format: str)
 def sft_config(recipe: SftRecipe, checkpoint_folder: str, job: base.Stage, context: int) -> SFTConfig:
     """The recipe's SFTConfig; by default the loss is on the completion only and sequences fill the context."""
     return training.arguments(
-        SFTConfig, recipe.training, checkpoint_folder, job, max_length=context, completion_only_loss=True, initial_losses=True
+        SFTConfig, recipe.training, checkpoint_folder, job, max_length=context, completion_only_loss=True, reports_initial_losses=True
     )
 
 
