@@ -114,9 +114,20 @@ def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
             f"{source}: no tokenizer in this folder ({', '.join(TOKENIZER_FILES)}); every stage saves its tokenizer "
             "beside the model: point to a folder a stage wrote (artifacts/<stage>)"
         )
-    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, "tokenizer")
+    tokenizer = without_load_settings(load_pretrained(AutoTokenizer.from_pretrained, source, "tokenizer"))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+# How a tokenizer was loaded (HF_HUB_OFFLINE gives local_files_only), which from_pretrained keeps among the
+# arguments save_pretrained writes back: the same tokenizer would be saved differently on another machine.
+LOAD_SETTINGS = ("local_files_only", "is_local")
+
+
+def without_load_settings(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    for key in LOAD_SETTINGS:
+        tokenizer.init_kwargs.pop(key, None)
     return tokenizer
 
 

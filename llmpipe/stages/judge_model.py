@@ -69,7 +69,7 @@ def from_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str
         raise UserError(f"{path}: does not parse as a GGUF file ({str(err).splitlines()[0] or type(err).__name__}); "
                         "point `source` to an intact .gguf file (reinstall its package if it came from one)") from None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        tokenizer = artifacts.without_load_settings(AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
         loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as err:  # an architecture or quantisation transformers does not read from GGUF
         raise UserError(f"{path}: transformers cannot load it ({str(err).strip().splitlines()[0] or type(err).__name__}); point "
