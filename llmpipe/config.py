@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import enum
 import inspect
+import math
 import sys
 import types
 import typing
@@ -186,7 +187,49 @@ def _check_library_kwargs(cls: type, data: Any, source: str, prefix: str) -> dic
         raise UserError(f"{source}: `{prefix[:-1]}` must be a mapping of {cls.__name__} arguments")
     arguments = library_arguments(cls)
     reject_unknown(data, arguments, source, prefix)
-    return {name: _conform(value, arguments[name], source, prefix + name) for name, value in data.items()}
+    values = {name: _conform(value, arguments[name], source, prefix + name) for name, value in data.items()}
+    for name, value in values.items():
+        _check_library_number(name, value, source, prefix + name)
+    return values
+
+
+def _fraction(value: Any) -> bool:
+    return 0 <= value <= 1
+
+
+# Numbers that the libraries take as given and fail on later (the optimizer at its first step, a dropout layer
+# at the first forward, the DPO loss) or that silently train nothing: checked where the recipe enters, by the
+# library's own argument name, whichever section holds them (TrainingArguments, SFT/DPOConfig, GPT2Config,
+# LoraConfig, ...). Names ending in `dropout` or `_pdrop` are probabilities.
+LIBRARY_NUMBER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "learning_rate": (lambda v: v > 0, "above 0"),
+    "weight_decay": (lambda v: v >= 0, "at least 0"),
+    "adam_beta1": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "adam_beta2": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "adam_epsilon": (lambda v: v >= 0, "at least 0"),
+    "max_grad_norm": (lambda v: v >= 0, "at least 0 (0: no clipping)"),
+    "warmup_steps": (lambda v: v >= 0, "at least 0 (below 1: a fraction of all steps)"),
+    "per_device_train_batch_size": (lambda v: v > 0, "above 0"),
+    "per_device_eval_batch_size": (lambda v: v > 0, "above 0"),
+    "gradient_accumulation_steps": (lambda v: v > 0, "above 0"),
+    "label_smoothing_factor": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "layer_norm_epsilon": (lambda v: v > 0, "above 0"),
+    "initializer_range": (lambda v: v >= 0, "at least 0"),
+    "r": (lambda v: v >= 1, "at least 1 (the adapter's rank)"),
+    "beta": (lambda v: v > 0, "above 0 (the DPO loss divides by nothing else)"),
+}
+
+
+def library_number_rule(name: str) -> tuple[Callable[[Any], bool], str] | None:
+    if name.endswith(("dropout", "_pdrop")):
+        return _fraction, "between 0 and 1 (a probability)"
+    return LIBRARY_NUMBER_RULES.get(name)
+
+
+def _check_library_number(name: str, value: Any, source: str, key: str) -> None:
+    rule = library_number_rule(name)
+    if rule and isinstance(value, (int, float)) and not isinstance(value, bool) and not rule[0](value):
+        raise UserError(f"{source}: `{key}` must be {rule[1]} (got {value})")
 
 
 def library_arguments(cls: type) -> dict[str, Any]:
@@ -219,11 +262,14 @@ class _Mismatch(Exception):
 
 def _conform(value: Any, annotation: Any, source: str, key: str) -> Any:
     try:
-        return _match(value, annotation, source, key)
+        conformed = _match(value, annotation, source, key)
     except _Mismatch:
         raise UserError(
             f"{source}: `{key}` must be {_describe(annotation)}, got {type(value).__name__} {value!r}"
         ) from None
+    if isinstance(conformed, float) and not math.isfinite(conformed):  # .nan, .inf: no library trains on them
+        raise UserError(f"{source}: `{key}` must be a finite number (got {conformed})")
+    return conformed
 
 
 def _match(value: Any, annotation: Any, source: str, key: str) -> Any:

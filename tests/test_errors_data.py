@@ -121,3 +121,16 @@ def test_a_spam_file_of_one_label_says_so(inside, capsys, tmp_path):
     spam.write_text("".join(f"ham\tmessage {i}\n" for i in range(50)))
     refused(inside, capsys, "classify", params_with(inside, tmp_path, classify_data=str(spam)),
             f"{spam}: every message is labelled 'ham'", "needs both ham and spam")
+
+
+def test_instruction_data_with_no_answer_to_learn_from_is_named(inside, capsys, tmp_path):
+    empty = tmp_path / "instructions.json"
+    empty.write_text(json.dumps([{"instruction": f"Say {i}.", "input": "", "output": " "} for i in range(40)]))
+    refused(inside, capsys, "sft", params_with(inside, tmp_path, instruction_data=str(empty)),
+            f"{empty}: every entry's answer", "nothing to learn from")
+
+
+def test_spam_data_with_no_text_is_named(inside, capsys, tmp_path):
+    spam = tmp_path / "spam.tsv"
+    spam.write_text("".join(f"{label}\t \n" for label in ["ham", "spam"] * 20))
+    refused(inside, capsys, "classify", params_with(inside, tmp_path, classify_data=str(spam)), f"{spam}: every message's text is empty")

@@ -25,6 +25,21 @@ CASES = {
         ["pretrain", "--set", "training.learning_rate=-0.001"],
         ["recipes/test/pretrain.yaml", "`training.learning_rate` must be above 0 (got -0.001)"],
     ),
+    "a learning rate that is not a number": (
+        ["sft", "--set", "training.learning_rate=.nan"], ["recipes/test/sft.yaml: `training.learning_rate` must be a finite number (got nan)"],
+    ),
+    "an infinite weight decay": (
+        ["pretrain", "--set", "training.weight_decay=.inf"], ["recipes/test/pretrain.yaml: `training.weight_decay` must be a finite number (got inf)"],
+    ),
+    "an Adam beta the optimizer refuses": (
+        ["lora", "--set", "training.adam_beta2=1.5"], ["recipes/test/lora.yaml: `training.adam_beta2` must be at least 0 and below 1 (got 1.5)"],
+    ),
+    "a dropout that is not a probability": (
+        ["pretrain", "--set", "model.attn_pdrop=2"], ["recipes/test/pretrain.yaml: `model.attn_pdrop` must be between 0 and 1 (a probability) (got 2)"],
+    ),
+    "a LoRA dropout that is not a probability": (
+        ["lora", "--set", "lora.lora_dropout=-0.1"], ["recipes/test/lora.yaml: `lora.lora_dropout` must be between 0 and 1 (a probability) (got -0.1)"],
+    ),
     "zero batch size": (
         ["sft", "--set", "training.per_device_train_batch_size=0"],
         ["recipes/test/sft.yaml", "`training.per_device_train_batch_size` must be above 0"],

@@ -58,6 +58,9 @@ def load(path: str | Path, prompt_format: str | None = None, settings: object = 
         if prompt_format == "alpaca" and not alpaca_can_show(entry):
             raise UserError(f"{where}: a system message or several turns, which the Alpaca prompt cannot show; "
                             f"set `prompt_format: chat` in {settings}")
+    if not any(reference(entry).strip() for _, entry in located):
+        raise UserError(f"{path}: every entry's answer (`output`, or the last assistant message) is empty: the loss is on "
+                        "the answers, so there is nothing to learn from; fill in the answers")
     return [entry for _, entry in located]
 
 

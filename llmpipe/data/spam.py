@@ -36,6 +36,8 @@ def read_messages(path: str | Path) -> list[tuple[str, str]]:
         messages.append((label, text))
     if not messages:
         raise UserError(f"{path}: no messages; each line must be `ham<TAB>text` or `spam<TAB>text`")
+    if not any(text.strip() for _, text in messages):
+        raise UserError(f"{path}: every message's text is empty; each line must be `ham<TAB>text` or `spam<TAB>text`")
     if len(labels := {label for label, _ in messages}) < 2:
         raise UserError(f"{path}: every message is labelled {labels.pop()!r}; a spam classifier needs both ham and spam lines")
     return messages

@@ -112,10 +112,6 @@ def reject_owned(section: dict, names: tuple[str, ...], where: str, owner: str) 
             raise UserError(f"{where}.{name}` is set by llmpipe from {owner}; remove it from the recipe")
 
 
-# TrainingArguments accepts these at or below zero and fails (or silently does nothing) later
-POSITIVE_SETTINGS = ("learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
-
-
 def check_training(settings: dict, recipe_path: Path) -> None:
     """The recipe's `training` section, checked before anything is logged or trained."""
     where = f"{recipe_path}: `training"
@@ -125,9 +121,6 @@ def check_training(settings: dict, recipe_path: Path) -> None:
                  where, "`llmpipe push` and params.yaml hub (tokens come from HF_TOKEN)")
     reject_owned(settings, ("trust_remote_code", "model_init_kwargs"), where,
                  "its policy (code in a model folder never runs; the stage loads the model itself)")
-    for key in POSITIVE_SETTINGS:
-        if key in settings and isinstance(settings[key], (int, float)) and settings[key] <= 0:
-            raise UserError(f"{where}.{key}` must be above 0 (got {settings[key]})")
     for key in ("seed", "data_seed"):
         if isinstance(settings.get(key), int) and settings[key] not in config.SEEDS:
             raise UserError(f"{where}.{key}` must be {config.SEED_RULE} (got {settings[key]})")
