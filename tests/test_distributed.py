@@ -164,29 +164,25 @@ def test_two_processes_train_like_one_with_twice_the_accumulation(workdir, one_p
 
 
 @pytest.mark.distributed
-def test_two_processes_save_one_lora_adapter_and_rank_0_merges_it(workdir):
+def test_two_processes_save_one_lora_adapter_and_rank_0_merges_it(workdir, one_process):
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(workdir / "artifacts/tokenizer")
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(
-        vocab_size=len(tokenizer), n_positions=512, n_embd=32, n_layer=2, n_head=2,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )).save_pretrained(workdir / "lora-base")
-    tokenizer.save_pretrained(workdir / "lora-base")
+    one = one_process("lora")
     before = set(workdir.iterdir())
-    launch(workdir, "cpu-2proc.yaml", "lora", "lora-2", "--base", "lora-base")
+    two = launch(workdir, "cpu-2proc.yaml", "lora", "lora-2", *RUNS["lora"][1])
+    assert_same_training(one, two)
 
     written = {p.name for p in set(workdir.iterdir()) - before}
     assert written == {"lora-2", "lora-2.json", "checkpoints-lora-2"}  # rank 1 saved into a scratch folder
     assert not list((workdir / "lora-2").rglob("training_args.bin"))
-    inputs = tokenizer(["Name a colour."], return_tensors="pt")
-    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(workdir / "lora-base"), workdir / "lora-2/adapter")
+    base = workdir / "pretrain-1"
+    inputs = AutoTokenizer.from_pretrained(base)(["Name a colour."], return_tensors="pt")
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), workdir / "lora-2/adapter")
     merged = AutoModelForCausalLM.from_pretrained(workdir / "lora-2/merged")
     with torch.no_grad():
-        base_logits = AutoModelForCausalLM.from_pretrained(workdir / "lora-base")(**inputs).logits
+        base_logits = AutoModelForCausalLM.from_pretrained(base)(**inputs).logits
         adapted_logits = adapted.eval()(**inputs).logits
         assert not torch.allclose(adapted_logits, base_logits, atol=1e-4)  # the adapter trained
         torch.testing.assert_close(merged.eval()(**inputs).logits, adapted_logits, atol=1e-4, rtol=1e-4)
