@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import DistributedType, parse_flag_from_env
 from datasets import Dataset
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
@@ -56,6 +58,20 @@ def fast_defaults() -> dict[str, Any]:
     }
 
 
+def sharded_on_cpu() -> bool:
+    """Under an FSDP launch on processes without a GPU, prepares accelerate's process state so that the run
+    is sharded, and says so (TrainingArguments must then keep that state: `use_configured_state`).
+    accelerate 1.16 makes a launch's FSDP settings a sharded run only from a multi-accelerator state
+    (`AcceleratorState.__init__`: the FSDP branch is under `distributed_type in [MULTI_GPU, MULTI_XPU, ...]`);
+    CPU processes are MULTI_CPU and would silently train as plain DDP. torch's FSDP2 shards over gloo, so
+    the CPU processes are presented as multi-device: accelerate turns that into FSDP, on the CPU and gloo."""
+    if torch.cuda.is_available() or not parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        return False
+    if PartialState(cpu=True).distributed_type == DistributedType.MULTI_CPU:
+        PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
+    return True
+
+
 def arguments(cls: type, settings: dict, checkpoint_dir: str, job: base.Stage, reports_initial_losses: bool = False, **defaults: Any):
     """`TrainingArguments` (or a subclass such as TRL's `SFTConfig`) from the recipe's `training`
     section (checked by `begin`); llmpipe owns where checkpoints go and where metrics are reported. Trainer
@@ -66,6 +82,8 @@ def arguments(cls: type, settings: dict, checkpoint_dir: str, job: base.Stage, r
                           "the stage (its losses before training are the evaluation at step 0)")
         defaults["eval_on_start"] = True
     defaults = {**fast_defaults(), "include_num_input_tokens_seen": "non_padding", **defaults}
+    if sharded_on_cpu():
+        defaults["accelerator_config"] = {**defaults["accelerator_config"], "use_configured_state": True}
 
     def build(recipe_settings: dict):
         return cls(**{**defaults, **recipe_settings}, output_dir=checkpoint_dir, report_to=job.tracker.report_to)
