@@ -3,21 +3,23 @@
 browser that must never reach past this machine."""
 
 import shutil
-import time
+import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psutil
 import pytest
 import torch
 from peft import PromptTuningConfig, TaskType, get_peft_model
 from transformers import GPT2LMHeadModel
 
-from llmpipe import artifacts
+from llmpipe import artifacts, cli
 from llmpipe.app import chat, classify, compare
 from llmpipe.app.models import Models, load_language_model
 from llmpipe.data import instructions, spam
 from llmpipe.errors import UserError
 from llmpipe.generation import Decoding
+from tests.conftest import assert_refused
 
 ASKED = "Name the colours of the sky and the grass."
 ANSWER = "The sky is blue and the grass is green, as they always were."
@@ -132,12 +134,26 @@ def test_compare_answers_as_evaluate_does_and_scores_against_the_reference(model
 
 
 @pytest.fixture(scope="module")
-def served(models):
+def looked_up() -> list[str]:
+    """Every host name this process looks up while the app serves (the app's own side of "nothing leaves")."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def served(models, looked_up):
     from llmpipe.app import ui
 
-    page, url = ui.launch(models, "127.0.0.1", None)
-    yield url
-    page.close()
+    lookup = socket.getaddrinfo
+
+    def recorded(host, *args, **kwargs):
+        looked_up.append(host)
+        return lookup(host, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket, "getaddrinfo", recorded)
+        page, url = ui.launch(models, "127.0.0.1", None)
+        yield url
+        page.close()
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +163,15 @@ def client(served):
     return Client(served, verbose=False)
 
 
-def test_the_app_serves_on_localhost_only(served):
-    assert urlsplit(served).hostname == "127.0.0.1"
+def test_the_app_listens_on_localhost_only(served):
+    port = urlsplit(served).port
+    listening = [c.laddr.ip for c in psutil.Process().net_connections() if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    assert listening == ["127.0.0.1"]
+
+
+def test_the_command_without_any_model_says_to_run_the_pipeline(tmp_path, capsys):
+    assert_refused(cli.main(["app", "--artifacts", str(tmp_path)]), capsys.readouterr().err,
+                   f"{tmp_path}: no model the pipeline writes is there; run `make repro` first")
 
 
 def test_chat_streams_the_answer_and_ends_at_eos(client):
@@ -223,3 +246,9 @@ def test_in_a_browser_the_chat_streams_and_no_request_leaves_the_machine(served)
             browser.close()
     assert shown[-1] == ANSWER and len([text for text in shown if ANSWER.startswith(text)]) > 2  # shown growing, then whole
     assert outside == ["https://example.com/"], f"requests left 127.0.0.1: {outside[:-1]}"
+
+
+def test_the_app_looked_up_no_name_beyond_this_machine(served, client, looked_up):
+    """Run last: after every request above. With Gradio's defaults, launching looks up api.gradio.app and
+    huggingface.co (analytics); the app turns that off."""
+    assert set(looked_up) <= {"127.0.0.1", "localhost"}, looked_up

@@ -74,8 +74,9 @@ class Models:
     named folders such as another recipe's sft), pretrained models (Generate), classifiers (Classify), and
     the judge (Compare's scores). Loaded models are kept; a folder that failed to load keeps its reason."""
 
-    def __init__(self, root: str | Path = "artifacts", judge: str = "artifacts/judge", extra: dict[str, str] | None = None):
+    def __init__(self, root: str | Path = "artifacts", judge: str | None = None, extra: dict[str, str] | None = None):
         root = Path(root)
+        judge = judge or root / "judge"
         self.instruction_tuned = [choice(name, root / folder, stage) for name, (folder, stage) in INSTRUCTION_TUNED.items()]
         self.instruction_tuned += [choice(name, root / folder, stage) for name, (folder, stage) in ONLY_WHEN_WRITTEN.items()
                                    if (root / folder).is_dir()]

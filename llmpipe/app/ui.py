@@ -47,8 +47,12 @@ def decoding_controls(max_new_tokens: int) -> list[gr.components.Component]:
     ]
 
 
+def whole(value: float | None) -> int | None:
+    """A count from a control: sliders and numbers hand floats."""
+    return None if value is None else int(value)
+
+
 def decoding(max_new_tokens, temperature, top_k, top_p, seed) -> Decoding:
-    whole = lambda value: None if value is None else int(value)  # noqa: E731 sliders and numbers hand floats
     values = {"max_new_tokens": whole(max_new_tokens), "temperature": float(temperature), "top_k": whole(top_k),
               "top_p": top_p, "seed": whole(seed)}
     return checked_decoding(values, LABELS.get)
@@ -86,10 +90,9 @@ def chat_tab(page: gr.Blocks, models: Models) -> None:
     with gr.Accordion("Decoding", open=False):
         controls = decoding_controls(max_new_tokens=128)
 
-    def respond(message, history, name, *settings):
+    def respond(message, history, name, *controls):
         with shown_to_user():
-            settings = decoding(*settings)
-            yield from chat.reply(models.language_model(name), history, message, settings)
+            yield from chat.reply(models.language_model(name), history, message, decoding(*controls))
 
     gr.ChatInterface(respond, additional_inputs=[picker, *controls], api_name="chat", chatbot=gr.Chatbot(height=380),
                      textbox=gr.Textbox(placeholder="Give an instruction, e.g. Rewrite the sentence in passive voice: The chef cooked the meal.",
@@ -107,10 +110,9 @@ def generate_tab(page: gr.Blocks, models: Models) -> None:
     button = gr.Button("Continue", variant="primary")
     output = gr.Textbox(label="Prompt and continuation", lines=8)
 
-    def run(name, text, *settings):
+    def run(name, text, *controls):
         with shown_to_user():
-            settings = decoding(*settings)
-            for continued in chat.stream(models.language_model(name), text, settings):
+            for continued in chat.stream(models.language_model(name), text, decoding(*controls)):
                 yield text + continued
 
     button.click(run, [picker, prompt, *controls], output, api_name="generate")

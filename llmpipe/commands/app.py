@@ -17,7 +17,7 @@ def named_folder(text: str) -> tuple[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", default="artifacts", help="the folder the pipeline wrote its models into (default: %(default)s)")
-    parser.add_argument("--judge", default="artifacts/judge", help="the judge model folder that scores Compare's answers (default: %(default)s, the judge-model stage's)")
+    parser.add_argument("--judge", help="the judge model folder that scores Compare's answers (default: ARTIFACTS/judge, the judge-model stage's)")
     parser.add_argument("--model", action="append", type=named_folder, default=[], metavar="NAME=FOLDER",
                         help="one more instruction-tuned model for Chat and Compare, e.g. smol=../smol/artifacts/sft (repeatable)")
     parser.add_argument("--host", default="127.0.0.1", help="the address to serve on (default: %(default)s: this machine only; "
