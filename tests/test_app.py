@@ -2,6 +2,7 @@
 127.0.0.1 over tiny models laid out as the pipeline writes them: through gradio_client, and once in a real
 browser that must never reach past this machine."""
 
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -19,7 +20,7 @@ from llmpipe.app.models import Models, load_language_model
 from llmpipe.data import instructions, spam
 from llmpipe.errors import UserError
 from llmpipe.generation import Decoding
-from tests.conftest import assert_refused
+from tests.conftest import REPO, assert_refused
 
 ASKED = "Name the colours of the sky and the grass."
 ANSWER = "The sky is blue and the grass is green, as they always were."
@@ -106,7 +107,7 @@ def test_a_chat_template_model_sees_the_turns_that_fit_its_context(tiny_model, t
 
 
 def test_decoding_controls_follow_generates_rules_named_by_label():
-    from llmpipe.app.ui import LABELS, decoding
+    from llmpipe.app.chat import LABELS, decoding
 
     assert decoding(10, 0.7, 5, None, 1) == Decoding(10, 0.7, 5, None, 1)
     with pytest.raises(UserError, match="^top-p: must be in"):
@@ -246,6 +247,12 @@ def test_in_a_browser_the_chat_streams_and_no_request_leaves_the_machine(served)
             browser.close()
     assert shown[-1] == ANSWER and len([text for text in shown if ANSWER.startswith(text)]) > 2  # shown growing, then whole
     assert outside == ["https://example.com/"], f"requests left 127.0.0.1: {outside[:-1]}"
+
+
+def test_only_the_ui_module_imports_gradio():
+    importing = sorted(str(path.relative_to(REPO)) for path in (REPO / "llmpipe").rglob("*.py")
+                       if re.search(r"^\s*(import|from) gradio", path.read_text(encoding="utf-8"), re.MULTILINE))
+    assert importing == ["llmpipe/app/ui.py"]
 
 
 def test_the_app_looked_up_no_name_beyond_this_machine(served, client, looked_up):

@@ -10,8 +10,24 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 
 from llmpipe import artifacts, generation
 from llmpipe.app.models import LanguageModel
+from llmpipe.commands.generate import checked_decoding
 from llmpipe.data import instructions
 from llmpipe.generation import Decoding
+
+# the decoding controls' labels, which name them in error messages
+LABELS = {"max_new_tokens": "max new tokens", "temperature": "temperature", "top_k": "top-k", "top_p": "top-p", "seed": "seed"}
+
+
+def whole(value: float | None) -> int | None:
+    """A count from a control: sliders and numbers hand floats."""
+    return None if value is None else int(value)
+
+
+def decoding(max_new_tokens, temperature, top_k, top_p, seed) -> Decoding:
+    """The decoding controls' values as `llmpipe generate`'s settings, under its rules, a refusal naming the control."""
+    values = {"max_new_tokens": whole(max_new_tokens), "temperature": float(temperature), "top_k": whole(top_k),
+              "top_p": top_p, "seed": whole(seed)}
+    return checked_decoding(values, LABELS.get)
 
 
 def text_of(content) -> str:

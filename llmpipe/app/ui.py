@@ -8,13 +8,11 @@ from contextlib import contextmanager
 import gradio as gr
 
 from llmpipe.app import chat, classify, compare
+from llmpipe.app.chat import LABELS, decoding
 from llmpipe.app.models import Choice, Models
-from llmpipe.commands.generate import checked_decoding
 from llmpipe.errors import UserError
 from llmpipe.generation import Decoding
 
-# the controls' labels, which name them in error messages
-LABELS = {"max_new_tokens": "max new tokens", "temperature": "temperature", "top_k": "top-k", "top_p": "top-p", "seed": "seed"}
 PRIVACY = "Local only: served on this machine, no analytics, no share link; nothing you type leaves it."
 
 
@@ -45,17 +43,6 @@ def decoding_controls(max_new_tokens: int) -> list[gr.components.Component]:
         gr.Number(defaults.top_p, label=LABELS["top_p"], info="empty: no filter; sampling only"),
         gr.Number(defaults.seed, precision=0, label=LABELS["seed"], info="for sampling"),
     ]
-
-
-def whole(value: float | None) -> int | None:
-    """A count from a control: sliders and numbers hand floats."""
-    return None if value is None else int(value)
-
-
-def decoding(max_new_tokens, temperature, top_k, top_p, seed) -> Decoding:
-    values = {"max_new_tokens": whole(max_new_tokens), "temperature": float(temperature), "top_k": whole(top_k),
-              "top_p": top_p, "seed": whole(seed)}
-    return checked_decoding(values, LABELS.get)
 
 
 def build(models: Models) -> gr.Blocks:
