@@ -81,7 +81,7 @@ def test_an_unloadable_folder_is_unavailable_with_the_loaders_reason(written, tm
     weights = Path(shutil.copytree(written / "sft", tmp_path / "sft")) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
     line = Models(tmp_path).status("sft", "chat")
-    assert line.startswith("**unavailable**: sft is unavailable:") and "cannot load" in line and "Traceback" not in line
+    assert line.startswith("⚠️ sft is unavailable:") and "cannot load" in line and "Traceback" not in line
 
 
 def test_an_alpaca_model_answers_one_message_and_stops_at_eos(models):
@@ -256,6 +256,6 @@ def test_only_the_ui_module_imports_gradio():
 
 
 def test_the_app_looked_up_no_name_beyond_this_machine(served, client, looked_up):
-    """Run last: after every request above. With Gradio's defaults, launching looks up api.gradio.app and
-    huggingface.co (analytics); the app turns that off."""
+    """Run last: after every request above. With Gradio's defaults, launching looks up api.gradio.app
+    (analytics); the app turns that off."""
     assert set(looked_up) <= {"127.0.0.1", "localhost"}, looked_up

@@ -127,7 +127,7 @@ class Models:
                 return f"**{name}**: {describe(self.classifier(name).model)}"
             loaded = self.language_model(name)
         except UserError as err:
-            return f"**unavailable**: {err}"
+            return f"⚠️ {err}"
         turns = "multi-turn (its chat template)" if loaded.multi_turn else "one message at a time (the Alpaca prompt, as the book)"
         return f"**{name}**: {describe(loaded.model)}" + (f"; {turns}" if kind == "chat" else "")
 
