@@ -2,6 +2,7 @@
 the evaluate stage's judge and by ROUGE-L against a reference answer when one is given."""
 
 from dataclasses import dataclass
+from functools import cache
 
 from transformers import set_seed
 
@@ -36,11 +37,21 @@ class Scores:
     rouge_l: list[float]
 
 
+@cache
+def _judge_metric():
+    return evaluate_modules.load("judge")
+
+
+@cache
+def _rouge_l():
+    return evaluate_modules.load("rouge_l")
+
+
 def scores(judge: Judge, asked: dict, answers: list[str]) -> Scores:
     """The judge's score and ROUGE-L of each answer against the entry's reference (its output)."""
     references = [instructions.reference(asked)] * len(answers)
-    judged = evaluate_modules.load("judge").compute(
+    judged = _judge_metric().compute(
         predictions=answers, references=references, requests=[instructions.request(asked)] * len(answers), judge=judge
     )
-    overlap = evaluate_modules.load("rouge_l").compute(predictions=answers, references=references)
+    overlap = _rouge_l().compute(predictions=answers, references=references)
     return Scores(judged["scores"], overlap["rougeL_per_example"])
