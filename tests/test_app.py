@@ -2,6 +2,7 @@
 127.0.0.1 over tiny models laid out as the pipeline writes them: through gradio_client, and once in a real
 browser that must never reach past this machine."""
 
+import copy
 import re
 import shutil
 import socket
@@ -67,7 +68,7 @@ def written(tiny_model, tokenizer, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def models(written) -> Models:
-    return Models(written, written / "judge")
+    return Models(written)  # the judge: written/judge
 
 
 def test_models_are_named_by_stage_and_a_missing_one_says_which_stage_writes_it(models, written):
@@ -94,9 +95,9 @@ def test_an_alpaca_model_answers_one_message_and_stops_at_eos(models):
 
 
 def test_a_chat_template_model_sees_the_turns_that_fit_its_context(tiny_model, tokenizer, tmp_path):
-    tokenizer = tokenizer.__class__.from_pretrained(save(tiny_model, tokenizer, tmp_path / "chat"))
-    tokenizer.chat_template = instructions.CHAT_TEMPLATE
-    lm = load_language_model(str(save(tiny_model, tokenizer, tmp_path / "chat")))
+    templated = copy.deepcopy(tokenizer)
+    templated.chat_template = instructions.CHAT_TEMPLATE
+    lm = load_language_model(str(save(tiny_model, templated, tmp_path / "chat")))
     assert lm.multi_turn
     history = [{"role": "user", "content": "first question"}, {"role": "assistant", "content": "first answer"}]
     prompt = chat.chat_prompt(lm, history, "second question", 40)
