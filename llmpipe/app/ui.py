@@ -137,7 +137,7 @@ def compare_tab(page: gr.Blocks, models: Models) -> None:
         for side in "AB":
             with gr.Column():
                 columns += [gr.Textbox(label=f"Answer {side}", lines=6), gr.Markdown()]
-    judge = gr.Markdown()
+    about_judge = gr.Markdown()
 
     def run(instruction, input_text, reference, first, second, new_tokens):
         with shown_to_user():
@@ -148,12 +148,15 @@ def compare_tab(page: gr.Blocks, models: Models) -> None:
                 yield answers[0], "", answers[1], "", "Give a reference answer to score the answers (judge and ROUGE-L)."
                 return
             yield answers[0], "scoring…", answers[1], "scoring…", ""
-            scored = compare.scores(models.judge(), asked, answers)
+            scorer = models.judge()
+            scored = compare.scores(scorer, asked, answers)
             lines = [f"judge **{'unscored' if j is None else f'{j:.1f}'}**/100 · ROUGE-L **{r:.3f}**"
                      for j, r in zip(scored.judge, scored.rouge_l)]
-            yield answers[0], lines[0], answers[1], lines[1], f"Judge: `{models.judge_choice.folder}` (the evaluate stage's protocol, book ch7.8)"
+            about = (f"Judge: {getattr(scorer, 'description', scorer.identity)}, scoring as the evaluate stage does (book ch7.8). "
+                     "A small judge is a weak one: how far to trust it is measured in metrics/evaluate.json (`validity`).")
+            yield answers[0], lines[0], answers[1], lines[1], about
 
-    button.click(run, [instruction, input_text, reference, *pickers, max_new_tokens], [*columns, judge], api_name="compare")
+    button.click(run, [instruction, input_text, reference, *pickers, max_new_tokens], [*columns, about_judge], api_name="compare")
 
 
 def launch(models: Models, host: str, port: int | None) -> tuple[gr.Blocks, str]:
