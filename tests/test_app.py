@@ -78,6 +78,11 @@ def test_models_are_named_by_stage_and_a_missing_one_says_which_stage_writes_it(
     assert "the lora stage writes it" in models.status("lora (merged)", "chat")
 
 
+def test_dpo_is_offered_once_its_stage_wrote_a_folder(tmp_path):
+    (tmp_path / "dpo").mkdir()
+    assert [c.name for c in Models(tmp_path).instruction_tuned] == ["sft", "lora (merged)", "dpo"]
+
+
 def test_an_unloadable_folder_is_unavailable_with_the_loaders_reason(written, tmp_path):
     weights = Path(shutil.copytree(written / "sft", tmp_path / "sft")) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
