@@ -14,7 +14,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install lock repro test test-fast bench bench-gpu ui clean
+.PHONY: install lock repro test test-fast bench bench-gpu ui app clean
 
 install: $(VENV)/.installed
 
@@ -65,6 +65,10 @@ bench-gpu: install
 ui: install
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns --host 127.0.0.1 --port $(UI_PORT)
+
+# the local web app over the trained models (chat, generate, classify, compare) on 127.0.0.1; APP_ARGS e.g. "--port 7861"
+app: install
+	python -m llmpipe app $(APP_ARGS)
 
 clean:
 	rm -rf artifacts checkpoints .dvc/cache .dvc/tmp mlflow.db mlruns

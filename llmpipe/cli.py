@@ -22,6 +22,7 @@ COMMANDS = {
     "generate": ("llmpipe.commands.generate", "continue a prompt with a trained model: greedy, temperature, top-k, top-p (ch5.3)"),
     "push": ("llmpipe.commands.push", "push a trained model to the Hugging Face Hub with its model card, in one commit"),
     "classify-text": ("llmpipe.commands.classify_text", "label texts as ham or spam with a trained classifier"),
+    "app": ("llmpipe.commands.app", "a local web app over the trained models: chat, generate, classify, compare (ch5-7)"),
 }
 
 

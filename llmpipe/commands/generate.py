@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import functools
+from typing import Callable
 
 from transformers import TextStreamer, set_seed
 
@@ -22,11 +23,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=held_to_rule("seed", int), default=123, help="random seed for sampling (default: %(default)s)")
 
 
-def main(args: argparse.Namespace) -> None:
-    settings = Decoding(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Decoding)})
+def option(field: str) -> str:
+    return f"--{field.replace('_', '-')}"
+
+
+def checked_decoding(values: dict, name: Callable[[str], str] = option) -> Decoding:
+    """The Decoding `values` (field -> value) ask for, held to its rules; a value a field refuses, or a sampling
+    filter with greedy decoding, is a UserError naming the control that set it (`name(field)`: an option here,
+    a control's label in the app)."""
+    for field in dataclasses.fields(Decoding):
+        if broken := config.broken_rule(field, values[field.name]):
+            raise UserError(f"{name(field.name)}: {broken}")
+    settings = Decoding(**values)
     if idle := idle_filters(settings):
-        options = " and ".join(f"--{name.replace('_', '-')}" for name in idle)
-        raise UserError(f"{options} {'filters' if len(idle) == 1 else 'filter'} sampling, and --temperature 0 decodes greedily: set --temperature above 0, or drop {options}")
+        named, temperature = " and ".join(name(field) for field in idle), name("temperature")
+        raise UserError(f"{named} {'filters' if len(idle) == 1 else 'filter'} sampling, and {temperature} 0 decodes greedily: "
+                        f"set {temperature} above 0, or drop {named}")
+    return settings
+
+
+def main(args: argparse.Namespace) -> None:
+    settings = checked_decoding({field.name: getattr(args, field.name) for field in dataclasses.fields(Decoding)})
     tokenizer = artifacts.load_tokenizer(args.model)
     model = artifacts.load_causal_lm(args.model).eval()
     artifacts.check_vocabulary(model, tokenizer, args.model)
