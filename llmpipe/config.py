@@ -200,7 +200,7 @@ def _fraction(value: Any) -> bool:
 # Numbers that the libraries take as given and fail on later (the optimizer at its first step, a dropout layer
 # at the first forward, the DPO loss) or that silently train nothing: checked where the recipe enters, by the
 # library's own argument name, whichever section holds them (TrainingArguments, SFT/DPOConfig, GPT2Config,
-# LoraConfig, ...). Names ending in `dropout` or `_pdrop` are probabilities.
+# PEFT configs, which are also built whole at entry). Names ending in `dropout` or `_pdrop` are probabilities.
 LIBRARY_NUMBER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "learning_rate": (lambda v: v > 0, "above 0"),
     "weight_decay": (lambda v: v >= 0, "at least 0"),
@@ -215,8 +215,7 @@ LIBRARY_NUMBER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "label_smoothing_factor": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
     "layer_norm_epsilon": (lambda v: v > 0, "above 0"),
     "initializer_range": (lambda v: v >= 0, "at least 0"),
-    "r": (lambda v: v >= 1, "at least 1 (the adapter's rank)"),
-    "beta": (lambda v: v > 0, "above 0 (the DPO loss divides by nothing else)"),
+    "beta": (lambda v: v > 0, "above 0 (DPO's loss scales the log-ratios by it: 0 learns nothing)"),
 }
 
 
