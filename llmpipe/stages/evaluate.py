@@ -164,8 +164,8 @@ def headline_measure(agreement: dict, reported: list[str]) -> str | None:
     return max(known, key=known.get) if known else None
 
 
-def read_meta_evaluation(folder: Path, judge_identity: str | None) -> tuple[dict, measures.Combination | None]:
-    """The meta-evaluate stage's agreement table and combination, made for this very judge."""
+def read_meta_evaluation(folder: Path) -> tuple[dict, measures.Combination | None]:
+    """The meta-evaluate stage's agreement table and combination."""
     found = folder / "agreement.json"
     if not found.is_file():
         raise UserError(f"{found}: no such file; run `llmpipe meta-evaluate` (or `dvc repro`) first: evaluate leads "
@@ -174,10 +174,14 @@ def read_meta_evaluation(folder: Path, judge_identity: str | None) -> tuple[dict
         agreement = json.loads(found.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise UserError(f"{found}: not valid JSON ({err}); run `llmpipe meta-evaluate` again") from None
-    if agreement.get("judge_model") != judge_identity:
-        raise UserError(f"{found}: measured for the judge {agreement.get('judge_model') or 'self'}, but this run's judge is "
-                        f"{judge_identity or 'self'}; run `llmpipe meta-evaluate` with the same recipe first")
     return agreement, measures.load_combination(folder / "combination.json")
+
+
+def check_measured_judge(agreement: dict, judge_identity: str | None, folder: Path) -> None:
+    """The meta-evaluation must be of this very judge (None: `self`, which it does not measure)."""
+    if agreement.get("judge_model") != judge_identity:
+        raise UserError(f"{folder / 'agreement.json'}: measured for the judge {agreement.get('judge_model') or 'self'}, but this "
+                        f"run's judge is {judge_identity or 'self'}; run `llmpipe meta-evaluate` with the same recipe first")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -191,6 +195,7 @@ def main(args: argparse.Namespace) -> None:
                         f"set a temperature above 0, or remove {keys}")
     entries, task = scored_entries(job)
     prompt_format = task.prompt_format
+    agreement, combination = read_meta_evaluation(Path(args.meta_evaluation))
     check_room(job)
     is_self = recipe.judge.model == "self"
     judge_settings = dataclasses.replace(recipe.judge, model=args.self_judge) if is_self else recipe.judge
@@ -200,7 +205,7 @@ def main(args: argparse.Namespace) -> None:
         job.log_config(**config.flatten(task, "instructions."))
         the_judge = backends.load_or_explain(judge_settings, device, job.recipe_path)
         name_of_judge = "self" if is_self else backends.describe(the_judge)  # self: the sft model judging, a smoke test
-        agreement, combination = read_meta_evaluation(Path(args.meta_evaluation), None if is_self else the_judge.identity)
+        check_measured_judge(agreement, None if is_self else the_judge.identity, Path(args.meta_evaluation))
         judged, rouge = evaluate_modules.load("judge"), evaluate_modules.load("rouge_l")
         references = [instructions.reference(entry) for entry in entries]
         requests = [instructions.request(entry) for entry in entries]
