@@ -1,8 +1,9 @@
 import json
-import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from llmpipe import cli
 from llmpipe.data import ratings
@@ -41,9 +42,10 @@ def rated_folder(tmp_path: Path, count: int = 12) -> Path:
     """A hand-made ratings folder in the book's layout: `count` entries, GPT-4 and Llama 3 8B scores."""
     folder = tmp_path / "ratings"
     folder.mkdir()
-    entries = [{"instruction": f"Name the number {i}.", "input": "", "output": f"The number is {i}.",
-                "model 1 response": f"The number is {i}." if i % 2 else "No idea.",
-                "model 2 response": f"It is {i}." if i % 3 else "Something else entirely."} for i in range(count)]
+    # words the tiny test judge knows (tests/test_judge.py WORDS): its hidden states tell them apart
+    entries = [{"instruction": f"Name the number {i}.", "input": "", "output": f"great answer {i}",
+                "model 1 response": f"great answer {i}" if i % 2 else "score",
+                "model 2 response": f"answer {i}" if i % 3 else "score score"} for i in range(count)]
     (folder / ratings.EXAMPLES).write_text(json.dumps(entries))
     for model in (1, 2):
         scores = [95 if (i % 2 if model == 1 else i % 3) else 20 + i for i in range(count)]
@@ -86,6 +88,8 @@ def test_the_combination_is_fitted_on_the_development_half_only():
     # the held-out answers play no part: the fit on the development half alone is the same fit
     assert measures.fit(development, gold, "a judge", "the development half") == combination
     assert measures.fit({"rouge_l": development["rouge_l"]}, gold, "a judge", "x") is None  # nothing of the judge
+    noise = measures.fit(development | {"words": [5.0, 1, 7, 3, 2, 8, 4, 6, 1, 9, 2, 5]}, gold, "a judge", "x")
+    assert noise.features == ["judge", "rouge_l"]  # a measure that does not track GPT-4 on this half is left out
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +106,22 @@ def test_a_wrong_length_ratings_file_stops_the_stage_by_name(project, tmp_path, 
     assert not (project / "artifacts/meta-evaluate").exists()
 
 
-def test_the_stage_measures_every_measure_and_fits_on_the_development_half_only(project, tmp_path, monkeypatch, capsys):
+def random_judge(folder: Path, tokenizer) -> Path:
+    """A tiny GPT-2 with random weights: its scores mean nothing, but its hidden states tell texts apart."""
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_the_stage_measures_every_measure_and_fits_on_the_development_half_only(project, tokenizer, tmp_path, monkeypatch, capsys):
     """The stage end to end with a tiny judge on a hand-made ratings folder; then a held-out answer and its
     GPT-4 score change: the held-out figures move, the combination does not."""
     import yaml
 
-    from tests.test_judge import judge_that_says
-
-    judge = judge_that_says("63", tmp_path / "judge")
+    judge = random_judge(tmp_path / "judge", tokenizer)
     folder = rated_folder(tmp_path)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["mlflow"]["enabled"] = False
@@ -119,18 +131,17 @@ def test_the_stage_measures_every_measure_and_fits_on_the_development_half_only(
     assert cli.main(run) == 0
     metrics = json.loads((project / "metrics/meta-evaluate.json").read_text())
     assert set(metrics["measures"]) == {"judge", "judge_similarity", "rouge_l", measures.COMBINED}
-    assert metrics["measures"]["judge"]["held-out"]["spearman"] is None  # a judge that always says 63 ranks nothing
     assert metrics["llama3_8b"]["held-out"] is None and metrics["llama3_8b"]["development"]["scored"] == 12
     assert metrics["headline"]["measure"] in metrics["measures"]
     combination = json.loads((project / "artifacts/meta-evaluate/combination.json").read_text())
-    assert combination["features"] == ["judge", "judge_similarity", "rouge_l"] and "development half" in combination["fitted_on"]
+    assert "judge_similarity" in combination["features"] and "development half" in combination["fitted_on"]
     assert combination["judge"] == f"hf:{judge} (reading: first_number)"
     assert len((project / "artifacts/meta-evaluate/scores.jsonl").read_text().splitlines()) == 24
     assert (project / "plots/meta-evaluate.png").stat().st_size > 0
     assert "Spearman with GPT-4 on the held-out half" in capsys.readouterr().out
 
     entries = json.loads((folder / ratings.EXAMPLES).read_text())
-    entries[4]["model 2 response"] = "The number is 4."
+    entries[4]["model 2 response"] = "great answer 4"
     (folder / ratings.EXAMPLES).write_text(json.dumps(entries))
     held_out = json.loads((folder / ratings.GOLD.format(2)).read_text())
     (folder / ratings.GOLD.format(2)).write_text(json.dumps(held_out[:4] + [100] + held_out[5:]))
