@@ -80,14 +80,15 @@ def meta_evaluation(table: dict[str, dict], book_judge: dict, judge: str, path: 
             values = [(rows[name].get(half) or {}).get(key) for name in names]
             positions = [at + 0.2 - 0.4 * offset for at in range(len(names))]
             axes.barh(positions, [v or 0.0 for v in values], height=0.4, color=color, label=f"{half} half")
+            low = -0.2 if key == "spearman" else 0.3
             for at, value in zip(positions, values):
-                axes.text(value or 0.0, at, f" {value:.2f}" if value is not None else " n/a", va="center", fontsize=7)
+                axes.text(low if value is None else max(value, low), at, " n/a" if value is None else f" {value:.2f}", va="center", fontsize=7)
         axes.axvline(0.5 if key == "auc" else 0.0, color="tab:gray", linewidth=0.8)
-        axes.set_xlim(-0.2 if key == "spearman" else 0.3, 1.05)
+        axes.set_xlim(low, 1.1)
         axes.set_xlabel(label)
     panels[0].set_yticks(range(len(names)), names, fontsize=8)
     panels[0].invert_yaxis()
-    panels[0].legend(fontsize=7, loc="lower right")
+    panels[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.suptitle(f"agreement with GPT-4 on the book's 200 rated answers; judge: {judge}", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
