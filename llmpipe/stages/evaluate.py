@@ -157,13 +157,6 @@ def judged_rows(entries: list[dict], requests: list[str], references: list[str],
     ]
 
 
-def headline_measure(agreement: dict, reported: list[str]) -> str | None:
-    """Of the measures reported here, the one whose held-out Spearman with GPT-4 is highest."""
-    known = {name: figures["held-out"]["spearman"] for name, figures in agreement["measures"].items()
-             if name in reported and figures["held-out"]["spearman"] is not None}
-    return max(known, key=known.get) if known else None
-
-
 def read_meta_evaluation(folder: Path) -> tuple[dict, measures.Combination | None]:
     """The meta-evaluate stage's agreement table and combination."""
     found = folder / "agreement.json"
@@ -228,8 +221,10 @@ def main(args: argparse.Namespace) -> None:
             values[name] = measures.of_answers(per_set[name], rouge.compute(predictions=answers[name], references=references)["rougeL_per_example"])
             if combination is not None:
                 values[name][measures.COMBINED] = combination(values[name])
-        headline = headline_measure(agreement, list(next(iter(values.values()))))
-        agreeing = None if headline is None else agreement["measures"][headline]["held-out"]["spearman"]
+        # the measure that agrees best with GPT-4 on the held-out half, as the meta-evaluation found it
+        reported = next(iter(values.values()))
+        led = agreement["headline"] if agreement.get("headline") and agreement["headline"]["measure"] in reported else None
+        headline, agreeing = (led["measure"], led["held_out_spearman"]) if led else (None, None)
         results = {}
         with atomic.directory(args.output) as staging:
             for name, source in recipe.models.items():
@@ -255,12 +250,12 @@ def main(args: argparse.Namespace) -> None:
             charts.judge_scores(results, name_of_judge, recipe.bootstrap.confidence, staging / "scores.png", trust,
                                 None if headline is None else (headline, agreeing))
         job.tracker.log_artifact(Path(args.output) / "scores.png", "evaluate")
-        led = None if headline is None else {
+        lead = None if headline is None else {
             "measure": headline, "spearman_with_gpt4": agreeing,
             "on": "the held-out half of the book's rated answers (model 2's, data/judge-ratings); see metrics/meta-evaluate.json",
         }
         job.finish(
-            {"headline": led, "judge": name_of_judge, "judge_model": the_judge.identity, "test_examples": len(entries),
+            {"headline": lead, "judge": name_of_judge, "judge_model": the_judge.identity, "test_examples": len(entries),
              "validity": trust, **results},
             f"{len(entries)} test instructions x {len(results)} models judged by {name_of_judge} -> {Path(args.output)}: "
             f"{describe(results, headline, agreeing, trust)}",
