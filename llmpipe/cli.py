@@ -18,6 +18,7 @@ COMMANDS = {
     "sft": ("llmpipe.stages.sft", "instruction fine-tuning with TRL's SFTTrainer, loss on responses only (ch7)"),
     "lora": ("llmpipe.stages.lora", "the instruction task with LoRA adapters (PEFT), plus a merged model (app. E)"),
     "judge-model": ("llmpipe.stages.judge_model", "write the evaluate stage's judge as a model folder (default: SmolLM2-135M-Instruct from PyPI)"),
+    "meta-evaluate": ("llmpipe.stages.meta_evaluate", "measure how well each evaluate measure agrees with GPT-4 on the book's 200 rated answers"),
     "evaluate": ("llmpipe.stages.evaluate", "answer the test instructions with each model and score the answers with a judge (ch7.7-7.8)"),
     "generate": ("llmpipe.commands.generate", "continue a prompt with a trained model: greedy, temperature, top-k, top-p (ch5.3)"),
     "push": ("llmpipe.commands.push", "push a trained model to the Hugging Face Hub with its model card, in one commit"),

@@ -134,10 +134,14 @@ def merge(data: dict, changes: dict) -> dict:
     return merged
 
 
-def load(schema: type[T], path: str | Path, overrides: list[str] = (), changes_from: str | None = None) -> T:
-    """Read `path`, apply the changes of a `--set-from` FILE:NAME reference and then the overrides, and build
-    `schema` from it; any mistake names the file(s) and key."""
+def load(schema: type[T], path: str | Path, overrides: list[str] = (), changes_from: str | None = None,
+         sections: tuple[str, ...] | None = None) -> T:
+    """Read `path` (only its top-level `sections`, when given: a stage that shares part of another's recipe),
+    apply the changes of a `--set-from` FILE:NAME reference and then the overrides, and build `schema` from
+    it; any mistake names the file(s) and key."""
     data = load_yaml(path)
+    if sections is not None:
+        data = {key: value for key, value in data.items() if key in sections}
     if changes_from:
         data = merge(data, named_changes(changes_from))
     data = apply_overrides(data, list(overrides))

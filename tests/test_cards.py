@@ -9,7 +9,7 @@ from llmpipe.errors import UserError
 from llmpipe.hub import cards
 
 METRICS = {"val_loss": 4.25, "val_perplexity": 70.1, "initial_val_loss": 7.6, "tokens_per_second": 6000.0}
-EVALUATION = {"judge_mean": 41.5, "rouge_l": 0.21, "judge": "llama3", "judge_model": "openai:llama3@http://localhost:11434/v1"}
+EVALUATION = {"judge_mean": 41.5, "rouge_l_mean": 0.21, "judge": "llama3", "judge_model": "openai:llama3@http://localhost:11434/v1"}
 
 
 def facts(artifact: str, **changes) -> cards.CardFacts:
@@ -43,6 +43,18 @@ def test_card_names_the_judge_and_how_far_to_trust_it():
     card = cards.model_card(facts("lora-merged"), "alice/tiny-lora-merged", "apache-2.0", "en", judged, on_hub=True)
     assert "Judged by HuggingFaceTB/SmolLM2-135M-Instruct (artifacts/judge) (hf:artifacts/judge)." in card.text
     assert "AUC 0.61, paired win rate 72% (110 pairs; 0.5 is chance)" in card.text
+
+
+def test_card_leads_with_the_measure_that_agrees_best_with_gpt4_and_names_that_agreement():
+    led = EVALUATION | {"headline_mean": 55.4, "headline_agreement": {"measure": "judge_combined", "spearman_with_gpt4": 0.84}}
+    card = cards.model_card(facts("sft"), "alice/tiny-sft", "apache-2.0", "en", led, on_hub=True)
+    first, *rest = [r for r in card.data.eval_results if r.dataset_split == "test"]
+    assert (first.metric_type, first.metric_value) == ("judge_combined", 55.4)
+    assert "Spearman 0.84 with GPT-4 on the book's held-out ratings" in first.metric_name
+    assert [r.metric_type for r in rest] == ["judge_score", "rouge"]  # the others stay reported
+    by_overlap = EVALUATION | {"headline_agreement": {"measure": "rouge_l", "spearman_with_gpt4": 0.85}}
+    first = [r for r in cards.model_card(facts("sft"), "x", "mit", "en", by_overlap).data.eval_results if r.dataset_split == "test"][0]
+    assert first.metric_type == "rouge" and "Spearman 0.85" in first.metric_name and first.metric_value == 0.21
 
 
 def test_card_names_each_data_files_source_and_license(tmp_path):

@@ -12,17 +12,22 @@ def row(score, response="an answer", **detail) -> dict:
 
 def test_summary_counts_unscored_examples_and_averages_the_rest():
     rows = [row(80), row(None, answer="Score: 9"), row(60), row(None, answer="great")]
-    summary = summarize(rows, rouge_l=0.25, settings=Bootstrap(resamples=200))
+    values = {"judge": [80, None, 60, None], "rouge_l": [0.5, 0.0, 0.25, 0.25]}
+    summary = summarize(rows, values, None, settings=Bootstrap(resamples=200))
     assert summary["examples"] == 4 and summary["unscored"] == 2
     assert summary["judge_mean"] == 70
     assert summary["judge_ci_low"] <= 70 <= summary["judge_ci_high"]
-    assert summary["response_words"] == 2 and summary["rouge_l"] == 0.25
-    assert "judge_confidence" not in summary  # only the hf judge reports one
+    assert summary["response_words"] == 2 and summary["rouge_l_mean"] == 0.25
+    assert "judge_confidence" not in summary and "headline" not in summary  # only the hf judge reports one
 
 
-def test_summary_reports_the_hf_judges_confidence():
+def test_summary_leads_with_the_headline_measure_and_keeps_the_others():
     rows = [row(50.0, p_mode=0.5, mass_on_scores=0.1), row(70.0, p_mode=0.9, mass_on_scores=0.3)]
-    summary = summarize(rows, 0.0, Bootstrap(resamples=200))
+    values = {"judge": [50.0, 70.0], "rouge_l": [0.2, 0.4], "judge_combined": [30.0, 50.0]}
+    summary = summarize(rows, values, "judge_combined", Bootstrap(resamples=200))
+    assert list(summary)[:4] == ["headline", "headline_mean", "headline_ci_low", "headline_ci_high"]
+    assert summary["headline"] == "judge_combined" and summary["headline_mean"] == summary["judge_combined_mean"] == 40
+    assert summary["judge_mean"] == 60 and summary["rouge_l_mean"] == pytest.approx(0.3)
     assert summary["judge_confidence"] == pytest.approx(0.7)
     assert summary["judge_mass_on_scores"] == pytest.approx(0.2)
 
@@ -73,3 +78,9 @@ def test_a_split_without_test_part_is_named(tmp_path, monkeypatch, capsys):
     (project / "recipes/tiny/instructions.yaml").write_text("split: {train: 0.9, validation: 0.1}\n")
     monkeypatch.chdir(project)
     assert_refused(cli.main(["evaluate"]), capsys.readouterr().err, "recipes/tiny/instructions.yaml: `split` needs train, validation and test")
+
+
+def test_evaluate_needs_the_meta_evaluation_it_leads_by(project, monkeypatch, capsys):
+    monkeypatch.chdir(project)
+    assert_refused(cli.main(["evaluate", "--meta-evaluation", "nowhere"]), capsys.readouterr().err,
+                   "nowhere/agreement.json: no such file; run `llmpipe meta-evaluate`")

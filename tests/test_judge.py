@@ -249,3 +249,26 @@ def test_openai_judge_names_the_endpoint_when_nothing_listens():
     base_url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(UserError, match=rf"judge endpoint {base_url}/ did not answer .* after 1 retries"):
         openai_judge(base_url, "llama3", max_retries=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("word", ["42", "great"])
+def test_an_openai_judge_is_meta_evaluated_for_what_it_gives(served, tmp_path, word):
+    """The meta-evaluation of an endpoint's judge: its parsed scores and ROUGE-L, unparseable answers counted;
+    a judge that scores none of the answers is reported as such, with no correlation of nothing."""
+    from llmpipe.data import ratings
+    from llmpipe.stages import meta_evaluate
+    from tests.test_meta_evaluate import rated_folder
+
+    base_url, judges = served
+    halves = ratings.load(rated_folder(tmp_path, count=3))
+    judge = load(JudgeSettings(backend="openai", base_url=base_url, model=judges[word], max_retries=0, max_tokens=1))
+    found = meta_evaluate.measured(judge, halves)
+    assert set(found["development"]) == {"judge", "rouge_l"}  # an endpoint gives no hidden states
+    table = meta_evaluate.agreements(found, halves)
+    held_out = table["judge"]["held-out"]
+    if word == "42":
+        assert held_out["scored"] == 3 and held_out["spearman"] is None  # one score for every answer ranks nothing
+    else:
+        assert held_out == {"scored": 0, "unscored": 3, "spearman": None, "kendall": None, "auc": None}
+        assert "judge scored none of the answers" in meta_evaluate.describe_agreement(table, {"development": {"spearman": None}})

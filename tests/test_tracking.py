@@ -85,11 +85,12 @@ def test_each_judged_answer_keeps_its_own_score_when_an_instruction_repeats(tmp_
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
-    row = {"instruction": "Use 'innovative' in a sentence.", "input": "", "response": "It is innovative."}
-    rows = [row | {"reference": "An innovative idea.", "judge_score": 80, "judge_detail": {}},
-            row | {"reference": "Innovative designs sell.", "judge_score": 20, "judge_detail": {}}]
+    asked = [{"role": "user", "content": "Use 'innovative' in a sentence."}]
+    examples = [{"messages": asked, "response": "It is innovative.", "reference": reference,
+                 "feedback": [{"name": "judge_score", "value": score, "rationale": f"scored {score}", "error": None}]}
+                for reference, score in (("An innovative idea.", 80), ("Innovative designs sell.", 20))]
     with tracking.StageRun("evaluate", "test", MlflowParams()) as run:
-        run.log_evaluation("sft", rows, "a judge")
+        run.log_evaluation("sft", examples, "a judge")
     client = MlflowClient()
     (evaluation,) = client.search_runs([client.get_run(run.run_id).info.experiment_id], "tags.`llmpipe.model` = 'sft'")
     traces = client.search_traces(locations=[evaluation.info.experiment_id], run_id=evaluation.info.run_id)
@@ -98,3 +99,5 @@ def test_each_judged_answer_keeps_its_own_score_when_an_instruction_repeats(tmp_
         assessments = {a.name: a for a in trace.info.assessments}
         scored[assessments["expected_response"].value] = assessments["judge_score"].value
     assert scored == {"An innovative idea.": 80, "Innovative designs sell.": 20}
+    assert {trace.info.request_preview for trace in traces} == {"Use 'innovative' in a sentence."}  # as a person reads it
+    assert evaluation.info.run_name == "sft (judged answers)" and evaluation.data.metrics["judge_score/mean"] == 50

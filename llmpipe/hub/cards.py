@@ -128,8 +128,17 @@ def eval_results(facts: CardFacts, evaluation: dict[str, Any] | None) -> list[Ev
     elif artifact in ("sft", "lora", "lora-merged"):
         add("text-generation", "validation", "loss", "Validation loss (responses)", "val_loss", metrics)
         judge = f"{evaluation['judge']} ({evaluation['judge_model']})" if evaluation else None
-        add("text-generation", "test", "judge_score", "Judge score (0-100)", "judge_mean", evaluation, config=judge)
-        add("text-generation", "test", "rouge", "ROUGE-L", "rouge_l", evaluation)
+        led = (evaluation or {}).get("headline_agreement")
+        # (measure, metric type, label, key): the measure that agrees best with GPT-4 first, naming that agreement
+        judged = [("judge", "judge_score", "Judge score (0-100)", "judge_mean"), ("rouge_l", "rouge", "ROUGE-L", "rouge_l_mean")]
+        if led:
+            if led["measure"] not in ("judge", "rouge_l"):
+                judged.append((led["measure"], led["measure"], led["measure"], "headline_mean"))
+            judged.sort(key=lambda row: row[0] != led["measure"])
+        for measure, metric, label, key in judged:
+            if led and measure == led["measure"]:
+                label += f" (Spearman {led['spearman_with_gpt4']:.2f} with GPT-4 on the book's held-out ratings)"
+            add("text-generation", "test", metric, label, key, evaluation, config=None if measure == "rouge_l" else judge)
     return results
 
 
@@ -241,6 +250,9 @@ def model_card(
         rows = [(f"{r.metric_name} ({r.dataset_name}, {r.dataset_split})", r.metric_value) for r in results]
         judged = [r.metric_config for r in results if r.metric_config]
         note = f"\n\nJudged by {judged[0]}." if judged else ""
+        if led := (evaluation or {}).get("headline_agreement"):
+            note += (f" The first figure leads because it agrees best with GPT-4 on the book's held-out rated answers "
+                     f"(`llmpipe meta-evaluate`: Spearman {led['spearman_with_gpt4']:.2f}); trust it over the judge's score.")
         if judged and (trust := (evaluation or {}).get("judge_validity")):
             note += (f" How far to trust it: scoring each test reference against a mismatched one, AUC {trust['auc']}, "
                      f"paired win rate {trust['win_rate']:.0%} ({trust['pairs']} pairs; 0.5 is chance); "

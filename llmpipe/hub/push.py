@@ -45,7 +45,7 @@ def evaluation_of(folder: Path, evaluate_metrics: Path) -> dict | None:
     for entry in scores.values():
         if isinstance(entry, dict) and digest and entry.get("weights_sha256") == digest:
             return {**entry, "judge": scores.get("judge"), "judge_model": scores.get("judge_model"),
-                    "judge_validity": scores.get("validity")}
+                    "judge_validity": scores.get("validity"), "headline_agreement": scores.get("headline")}
     return None
 
 

@@ -1,6 +1,10 @@
 """The `hf` judge: any causal LM, local or from the Hub. Rather than parse what it writes, read how likely
 it finds each allowed answer ("0" ... "100"; `judge.reading` says how an answer ends, scoring.py) and report
-the expectation (G-Eval style): always a number, with the distribution's confidence beside it."""
+the expectation (G-Eval style): always a number, with the distribution's confidence beside it.
+
+Beside the score, each verdict carries the judge model's `similarity` of the response to the reference: the
+cosine of their mean last hidden states, each text read alone. On the book's rated answers it agrees with
+GPT-4 far better than the model's own score does (docs/meta-evaluation.md), at a fraction of its cost."""
 
 from pathlib import Path
 
@@ -67,7 +71,27 @@ class HfJudge:
             for start in range(0, len(unique), self.batch_size):
                 chunk = unique[start : start + self.batch_size]
                 log_probs |= zip(chunk, scoring.candidate_log_probs(self.model, chunk, self.trie, self.digit))
-        return [verdict(log_probs[ids], dropped) for ids, dropped in prompts]
+        meaning = self.embeddings([text for _, reference, response in examples for text in (reference, response)])
+        return [
+            verdict(log_probs[ids], dropped, round(float(torch.cosine_similarity(meaning[reference], meaning[response], dim=0)), 4))
+            for (_, reference, response), (ids, dropped) in zip(examples, prompts)
+        ]
+
+    @torch.inference_mode()
+    def embeddings(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Each distinct text's mean last hidden state in the judge model, the text read alone (no prompt);
+        texts of like length are batched together, so little padding is computed."""
+        found = {}
+        unique = sorted(set(texts), key=len)
+        limit = artifacts.context_length(self.model)
+        for start in range(0, len(unique), 4 * self.batch_size):
+            chunk = unique[start : start + 4 * self.batch_size]
+            batch = self.tokenizer(chunk, return_tensors="pt", padding=True, padding_side="right", truncation=True,
+                                   max_length=limit, add_special_tokens=False).to(self.model.device)
+            hidden = self.model.base_model(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"][..., None].float()
+            found |= zip(chunk, ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())  # an empty text: zeros
+        return found
 
 
 def describe(source: str) -> str:
@@ -77,8 +101,9 @@ def describe(source: str) -> str:
     return f"{origin} ({source})" if origin else source
 
 
-def verdict(log_probs: torch.Tensor, dropped_tokens: int = 0) -> base.Verdict:
-    """The expected score under the judge's distribution renormalised over the allowed scores."""
+def verdict(log_probs: torch.Tensor, dropped_tokens: int = 0, similarity: float | None = None) -> base.Verdict:
+    """The expected score under the judge's distribution renormalised over the allowed scores (and the
+    response's `similarity` to the reference, where measured)."""
     probs = torch.softmax(log_probs.double(), dim=0)
     scores = torch.tensor(list(base.SCORES), dtype=torch.float64)
     expected = float((probs * scores).sum())
@@ -92,5 +117,5 @@ def verdict(log_probs: torch.Tensor, dropped_tokens: int = 0) -> base.Verdict:
             # how much of its probability the judge put on answering with a score at all
             "mass_on_scores": float(torch.logsumexp(log_probs.double(), 0).exp()),
             "prompt_tokens_dropped": dropped_tokens,
-        },
+        } | ({} if similarity is None else {"similarity": similarity}),
     )

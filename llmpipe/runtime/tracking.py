@@ -225,11 +225,11 @@ class StageRun:
         if self._mlflow:
             self._mlflow.log_table(data=columns, artifact_file=artifact_file)
 
-    def log_evaluation(self, name: str, rows: list[dict], judge: str) -> None:
-        """One model's judged answers as an MLflow GenAI evaluation, in a run `evaluate: <name>` nested in the
-        stage's: per example the instruction, the answer, the reference and the judge's score with its
-        detail (the run's Evaluations tab; runs compare there). The scores are the judge's, computed
-        already: the scorer only hands each one over."""
+    def log_evaluation(self, name: str, examples: list[dict], judge: str) -> None:
+        """One model's judged answers as an MLflow GenAI evaluation, in a run named after the model, nested in
+        the stage's: per example the request as chat messages (`messages`: MLflow's views show the user's text
+        as a person reads it), the answer, the reference, and its `feedback`, computed already (dicts of
+        name, value, rationale and error, the scorer only hands them over; the first leads)."""
         if not self._mlflow:
             return
         import mlflow.genai
@@ -239,17 +239,15 @@ class StageRun:
             return json.dumps([inputs, outputs, expectations], sort_keys=True)
 
         data = [
-            {"inputs": {"instruction": row["instruction"], "input": row["input"]}, "outputs": row["response"],
-             "expectations": {"expected_response": row["reference"]}}
-            for row in rows
+            {"inputs": {"messages": example["messages"]}, "outputs": example["response"],
+             "expectations": {"expected_response": example["reference"]}}
+            for example in examples
         ]
-        verdicts = {key(item["inputs"], item["outputs"], item["expectations"]): row for item, row in zip(data, rows)}
+        given = {key(item["inputs"], item["outputs"], item["expectations"]): example["feedback"] for item, example in zip(data, examples)}
 
-        @mlflow.genai.scorer(name="judge_score", description=f"0-100, the book's protocol; judge: {judge}")
-        def judge_score(inputs: dict, outputs: str, expectations: dict) -> Feedback:
-            row = verdicts[key(inputs, outputs, expectations)]
-            return Feedback(value=row["judge_score"], rationale=json.dumps(row["judge_detail"]),
-                            error=None if row["judge_score"] is not None else "the judge's answer is not a score")
+        @mlflow.genai.scorer(name="measures", description=f"the evaluate stage's measures, computed already; judge: {judge}")
+        def measures(inputs: dict, outputs: str, expectations: dict) -> list[Feedback]:
+            return [Feedback(**feedback) for feedback in given[key(inputs, outputs, expectations)]]
 
-        with self._mlflow.start_run(run_name=f"evaluate: {name}", nested=True, tags={"llmpipe.model": name, "llmpipe.judge": judge}):
-            mlflow.genai.evaluate(data=data, scorers=[judge_score])
+        with self._mlflow.start_run(run_name=f"{name} (judged answers)", nested=True, tags={"llmpipe.model": name, "llmpipe.judge": judge}):
+            mlflow.genai.evaluate(data=data, scorers=[measures])

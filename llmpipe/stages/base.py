@@ -18,9 +18,10 @@ from llmpipe.runtime import atomic
 from llmpipe.runtime.tracking import StageRun
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, stage: str, schema: type) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, stage: str, schema: type, recipe_of: str | None = None) -> None:
+    """`recipe_of`: the stage whose recipe file this one reads (its own by default)."""
     parser.add_argument("--params", default="params.yaml", help="pipeline params: active recipe, data, MLflow (default: %(default)s)")
-    parser.add_argument("--recipe", help=f"the stage's recipe (default: recipes/<recipe in params>/{stage}.yaml)")
+    parser.add_argument("--recipe", help=f"the stage's recipe (default: recipes/<recipe in params>/{recipe_of or stage}.yaml)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help=f"override one recipe value{_example_setting(schema)} (YAML value; wins over the recipe file; repeatable)",
@@ -140,11 +141,13 @@ def instruction_splits(job: Stage) -> tuple[dict[str, list[dict]], instructions.
     return task.splits(job.params.instruction_data, instructions_file(job)), task
 
 
-def begin(args: argparse.Namespace, name: str, schema: type) -> Stage:
-    """Load params and the recipe (with --set applied); nothing heavy happens before this succeeds."""
+def begin(args: argparse.Namespace, name: str, schema: type, recipe_of: str | None = None) -> Stage:
+    """Load params and the recipe (with --set applied); nothing heavy happens before this succeeds. A stage that
+    reads another's recipe (`recipe_of`) takes from it only the sections its `schema` has."""
     pipeline = pipeline_params.load(args.params)
-    recipe_path = Path(args.recipe) if args.recipe else pipeline.recipe_file(name)
-    recipe = config.load(schema, recipe_path, args.overrides, args.changes)
+    recipe_path = Path(args.recipe) if args.recipe else pipeline.recipe_file(recipe_of or name)
+    sections = tuple(field.name for field in dataclasses.fields(schema)) if recipe_of else None
+    recipe = config.load(schema, recipe_path, args.overrides, args.changes, sections)
     if isinstance(getattr(recipe, "training", None), dict):
         check_training(recipe.training, recipe_path)
     if getattr(args, "output", None):

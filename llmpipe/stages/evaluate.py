@@ -1,6 +1,8 @@
 """Stage `evaluate` (book ch7.7-7.8): every model answers every test-split instruction, a judge scores
-each answer 0-100 against the reference, ROUGE-L measures word overlap. Nothing is dropped: an answer
-the judge could not score is kept and counted."""
+each answer 0-100 against the reference, ROUGE-L measures word overlap, and the other measures of
+metrics/measures.py come beside them. Nothing is dropped: an answer the judge could not score is kept and
+counted. The stage leads with the measure that agrees best with GPT-4 on the book's held-out rated answers
+(the meta-evaluate stage's finding, read from its output folder)."""
 
 import argparse
 import dataclasses
@@ -17,9 +19,9 @@ from transformers import AutoConfig, set_seed
 from llmpipe import artifacts, config, generation
 from llmpipe.data import instructions
 from llmpipe.errors import UserError
-from llmpipe.judge.backends import load as load_judge
+from llmpipe.judge import backends
 from llmpipe.judge.base import JudgeSettings
-from llmpipe.metrics import charts, evaluate_modules, validity
+from llmpipe.metrics import charts, evaluate_modules, measures, validity
 from llmpipe.runtime import atomic
 from llmpipe.stages import base
 
@@ -55,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--self-judge", default="artifacts/sft",
         help="the pipeline's own model that `judge.model: self` means (default: %(default)s)",
     )
+    parser.add_argument(
+        "--meta-evaluation", default="artifacts/meta-evaluate",
+        help="the meta-evaluate stage's output: each measure's agreement with GPT-4 and the fitted combination (default: %(default)s)",
+    )
 
 
 def scored_entries(job: base.Stage) -> tuple[list[dict], instructions.InstructionTask]:
@@ -75,18 +81,26 @@ def confidence_interval(scores: list[float], settings: Bootstrap) -> tuple[float
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def summarize(rows: list[dict], rouge_l: float, settings: Bootstrap) -> dict:
-    scored = [row["judge_score"] for row in rows if row["judge_score"] is not None]
+def mean_with_interval(values: list[float | None], settings: Bootstrap) -> dict:
+    """The mean of the values that are there, with its bootstrap interval (None: no value)."""
+    scored = [value for value in values if value is not None]
     low, high = confidence_interval(scored, settings)
+    return {key: None if value is None else round(value, 4)
+            for key, value in (("mean", float(np.mean(scored)) if scored else None), ("ci_low", low), ("ci_high", high))}
+
+
+def summarize(rows: list[dict], values: dict[str, list[float | None]], headline: str | None, settings: Bootstrap) -> dict:
+    """One model's figures: the headline measure first, then every measure's mean and interval
+    (`<measure>_mean`, `_ci_low`, `_ci_high`), the answers' length and the judge's unscored answers."""
+    summary = {f"{name}_{key}": value for name, per_answer in values.items()
+               for key, value in mean_with_interval(per_answer, settings).items()}
+    if headline is not None:
+        summary = {"headline": headline, **{f"headline_{key}": summary[f"{headline}_{key}"] for key in ("mean", "ci_low", "ci_high")}} | summary
     distributions = [row["judge_detail"] for row in rows if "p_mode" in row["judge_detail"]]
-    summary = {
-        "judge_mean": round(float(np.mean(scored)), 3) if scored else None,
-        "judge_ci_low": None if low is None else round(low, 3),
-        "judge_ci_high": None if high is None else round(high, 3),
-        "rouge_l": round(rouge_l, 4),
+    summary |= {
         "response_words": round(float(np.mean([len(row["response"].split()) for row in rows])), 2),
         "examples": len(rows),
-        "unscored": len(rows) - len(scored),
+        "unscored": sum(row["judge_score"] is None for row in rows),
     }
     if distributions:  # the hf judge: how sure it was, and how much it wanted to answer with a score at all
         summary["judge_confidence"] = round(float(np.mean([d["p_mode"] for d in distributions])), 4)
@@ -118,10 +132,6 @@ def answer(source: str, entries: list[dict], prompt_format: str, recipe: Evaluat
 REFERENCE, MISMATCHED = "validity: reference", "validity: mismatched reference"
 
 
-def describe(judge) -> str:
-    return getattr(judge, "description", judge.identity)
-
-
 def judge_validity(per_set: dict, answers: dict[str, list[str]]) -> dict | None:
     """AUC, paired win rate and length bias, over the pairs the judge scored both of (None: fewer than 2)."""
     pairs = [(r, w) for r, w in zip(per_set[REFERENCE]["scores"], per_set[MISMATCHED]["scores"]) if None not in (r, w)]
@@ -133,24 +143,38 @@ def judge_validity(per_set: dict, answers: dict[str, list[str]]) -> dict | None:
 
 
 def judged_rows(entries: list[dict], requests: list[str], references: list[str], answers: list[str],
-                verdicts: dict, overlap: dict) -> list[dict]:
+                verdicts: dict, values: dict[str, list[float | None]]) -> list[dict]:
+    """Per answer: what was asked, the answers, the judge's verdict and every other measure."""
+    others = {name: per_answer for name, per_answer in values.items() if name != "judge"}
     return [
         {
             "instruction": request, "input": entry.get("input", ""), "reference": reference, "response": response,
-            "judge_score": score, "judge_detail": detail, "rouge_l": round(r, 4),
+            "judge_score": score, "judge_detail": detail, **{name: None if v is None else round(v, 4) for name, v in zip(others, measured)},
         }
-        for entry, request, reference, response, score, detail, r in zip(
-            entries, requests, references, answers, verdicts["scores"], verdicts["details"], overlap["rougeL_per_example"]
+        for entry, request, reference, response, score, detail, *measured in zip(
+            entries, requests, references, answers, verdicts["scores"], verdicts["details"], *others.values()
         )
     ]
 
 
-def load_judge_or_explain(settings: JudgeSettings, device: str, recipe_path: Path):
-    """The judge, loaded before any model answers; a judge that cannot be had names the setting."""
+def read_meta_evaluation(folder: Path) -> tuple[dict, measures.Combination | None]:
+    """The meta-evaluate stage's agreement table and combination."""
+    found = folder / "agreement.json"
+    if not found.is_file():
+        raise UserError(f"{found}: no such file; run `llmpipe meta-evaluate` (or `dvc repro`) first: evaluate leads "
+                        "with the measure that agrees best with GPT-4 there")
     try:
-        return load_judge(settings, device)
-    except UserError as err:
-        raise UserError(f"{recipe_path}: `judge.model`: {err}") from None
+        agreement = json.loads(found.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{found}: not valid JSON ({err}); run `llmpipe meta-evaluate` again") from None
+    return agreement, measures.load_combination(folder / "combination.json")
+
+
+def check_measured_judge(agreement: dict, judge_identity: str | None, folder: Path) -> None:
+    """The meta-evaluation must be of this very judge (None: `self`, which it does not measure)."""
+    if agreement.get("judge_model") != judge_identity:
+        raise UserError(f"{folder / 'agreement.json'}: measured for the judge {agreement.get('judge_model') or 'self'}, but this "
+                        f"run's judge is {judge_identity or 'self'}; run `llmpipe meta-evaluate` with the same recipe first")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -164,6 +188,7 @@ def main(args: argparse.Namespace) -> None:
                         f"set a temperature above 0, or remove {keys}")
     entries, task = scored_entries(job)
     prompt_format = task.prompt_format
+    agreement, combination = read_meta_evaluation(Path(args.meta_evaluation))
     check_room(job)
     is_self = recipe.judge.model == "self"
     judge_settings = dataclasses.replace(recipe.judge, model=args.self_judge) if is_self else recipe.judge
@@ -171,8 +196,9 @@ def main(args: argparse.Namespace) -> None:
 
     with job.tracker:
         job.log_config(**config.flatten(task, "instructions."))
-        the_judge = load_judge_or_explain(judge_settings, device, job.recipe_path)
-        name_of_judge = "self" if is_self else describe(the_judge)  # self: the sft model judging, a smoke test
+        the_judge = backends.load_or_explain(judge_settings, device, job.recipe_path)
+        name_of_judge = "self" if is_self else backends.describe(the_judge)  # self: the sft model judging, a smoke test
+        check_measured_judge(agreement, None if is_self else the_judge.identity, Path(args.meta_evaluation))
         judged, rouge = evaluate_modules.load("judge"), evaluate_modules.load("rouge_l")
         references = [instructions.reference(entry) for entry in entries]
         requests = [instructions.request(entry) for entry in entries]
@@ -190,15 +216,27 @@ def main(args: argparse.Namespace) -> None:
             name: {key: verdicts[key][i * len(entries) : (i + 1) * len(entries)] for key in ("scores", "details")}
             for i, name in enumerate(every)
         }
+        values = {}
+        for name in recipe.models:
+            values[name] = measures.of_answers(per_set[name], rouge.compute(predictions=answers[name], references=references)["rougeL_per_example"])
+            if combination is not None:
+                values[name][measures.COMBINED] = combination(values[name])
+        # the measure that agrees best with GPT-4 on the held-out half, as the meta-evaluation found it
+        reported = next(iter(values.values()))
+        led = agreement["headline"] if agreement.get("headline") and agreement["headline"]["measure"] in reported else None
+        headline, agreeing = (led["measure"], led["held_out_spearman"]) if led else (None, None)
         results = {}
         with atomic.directory(args.output) as staging:
             for name, source in recipe.models.items():
-                overlap = rouge.compute(predictions=answers[name], references=references)
-                rows = judged_rows(entries, requests, references, answers[name], per_set[name], overlap)
+                rows = judged_rows(entries, requests, references, answers[name], per_set[name], values[name])
                 (staging / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
                 job.tracker.log_table({key: [row[key] for row in rows] for key in rows[0]}, f"evaluate/{name}.json")
-                job.tracker.log_evaluation(name, rows, name_of_judge)
-                results[name] = summarize(rows, overlap["rougeL"], recipe.bootstrap)
+                job.tracker.log_evaluation(name, [
+                    {"messages": instructions.as_messages(entry)[:-1], "response": row["response"], "reference": row["reference"],
+                     "feedback": measures.feedback(row, name_of_judge, headline, agreement["measures"])}
+                    for entry, row in zip(entries, rows)
+                ], name_of_judge)
+                results[name] = summarize(rows, values[name], headline, recipe.bootstrap)
                 results[name] |= {"model": source, "weights_sha256": artifacts.weights_digest(source)}  # for the cards
             trust = judge_validity(per_set, answers)
             checked_rows = [
@@ -209,18 +247,32 @@ def main(args: argparse.Namespace) -> None:
                 )
             ]
             (staging / "validity.jsonl").write_text("".join(json.dumps(row) + "\n" for row in checked_rows), encoding="utf-8")
-            charts.judge_scores(results, name_of_judge, recipe.bootstrap.confidence, staging / "scores.png", trust)
+            charts.judge_scores(results, name_of_judge, recipe.bootstrap.confidence, staging / "scores.png", trust,
+                                None if headline is None else (headline, agreeing))
         job.tracker.log_artifact(Path(args.output) / "scores.png", "evaluate")
-
-        scores = ", ".join(f"{name} {m['judge_mean']:.2f}" for name, m in results.items() if m["judge_mean"] is not None)
-        checked = "" if trust is None else (
-            f"; judge validity: AUC {trust['auc']:.2f}, win rate {trust['win_rate']:.0%} over {trust['pairs']} pairs, "
-            f"length bias {trust['length_bias']}"
-        )
+        lead = None if headline is None else {
+            "measure": headline, "spearman_with_gpt4": agreeing,
+            "on": "the held-out half of the book's rated answers (model 2's, data/judge-ratings); see metrics/meta-evaluate.json",
+        }
         job.finish(
-            {"judge": name_of_judge, "judge_model": the_judge.identity, "test_examples": len(entries),
+            {"headline": lead, "judge": name_of_judge, "judge_model": the_judge.identity, "test_examples": len(entries),
              "validity": trust, **results},
             f"{len(entries)} test instructions x {len(results)} models judged by {name_of_judge} -> {Path(args.output)}: "
-            f"mean score {scores or 'none'}{checked}",
+            f"{describe(results, headline, agreeing, trust)}",
         )
 
+
+def describe(results: dict[str, dict], headline: str | None, agreeing: float | None, trust: dict | None) -> str:
+    """The summary line: the headline measure per model with its interval and its agreement with GPT-4, then
+    the judge's own score and its validity check."""
+    def means(measure: str, interval: bool) -> str:
+        found = [(name, m[f"{measure}_mean"], m[f"{measure}_ci_low"], m[f"{measure}_ci_high"]) for name, m in results.items()
+                 if m.get(f"{measure}_mean") is not None]
+        return ", ".join(f"{name} {mean:.4g}" + (f" [{low:.4g}, {high:.4g}]" if interval else "") for name, mean, low, high in found) or "none"
+
+    led = "" if headline is None else f"{headline} {means(headline, True)} (Spearman {agreeing:.2f} with GPT-4 on the book's held-out ratings); "
+    checked = "" if trust is None else (
+        f"; judge validity: AUC {trust['auc']:.2f}, win rate {trust['win_rate']:.0%} over {trust['pairs']} pairs, "
+        f"length bias {trust['length_bias']}"
+    )
+    return f"{led}judge score {means('judge', False)}{checked}"
