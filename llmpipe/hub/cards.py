@@ -135,12 +135,11 @@ def eval_results(facts: CardFacts, evaluation: dict[str, Any] | None) -> list[Ev
         add("text-classification", "test", "accuracy", "Test accuracy", "test_accuracy", metrics)
         add("text-classification", "test", "f1", "Test F1", "test_f1", metrics)
     elif artifact in ("sft", "lora", "lora-merged", *PREFERENCE_TUNED):
-        if artifact in PREFERENCE_TUNED:
-            for split, name in (("validation", "val"), ("test", "test")):
-                add("text-generation", split, "accuracy", "Reward accuracy (held-out pairs; ties count half)", f"{name}_reward_accuracy", metrics)
-                add("text-generation", split, "reward_margin", "Reward margin (held-out pairs)", f"{name}_margin", metrics)
-        add("text-generation", "validation", "loss", "Validation loss (DPO)" if artifact in PREFERENCE_TUNED else "Validation loss (responses)",
-            "val_loss", metrics)
+        for split, name in (("validation", "val"), ("test", "test")) if artifact in PREFERENCE_TUNED else ():
+            add("text-generation", split, "accuracy", "Reward accuracy (held-out pairs; ties count half)", f"{name}_reward_accuracy", metrics)
+            add("text-generation", split, "reward_margin", "Reward margin (held-out pairs)", f"{name}_margin", metrics)
+            add("text-generation", split, "loss", "DPO loss (held-out pairs)", f"{name}_dpo_loss", metrics)
+        add("text-generation", "validation", "loss", "Validation loss (responses)", "val_loss", metrics)
         judge = f"{evaluation['judge']} ({evaluation['judge_model']})" if evaluation else None
         add("text-generation", "test", "judge_score", "Judge score (0-100)", "judge_mean", evaluation, config=judge)
         add("text-generation", "test", "rouge", "ROUGE-L", "rouge_l", evaluation)

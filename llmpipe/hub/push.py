@@ -22,9 +22,10 @@ FOLDERS = {  # what can be pushed -> its folder under --artifacts
     "sft": "sft",
     "lora": "lora/adapter",
     "lora-merged": "lora/merged",
-    "dpo": "dpo",  # or its adapter: see stage_folder
+    "dpo": "dpo",
     "dpo-merged": "dpo/merged",
 }
+ADAPTER_FOLDERS = {"dpo": "dpo/adapter"}  # where the stage saves instead when its recipe trains a LoRA adapter
 PICKLES = {".bin", ".pt", ".pth", ".pkl", ".pickle"}  # never uploaded: weights go as safetensors only
 REFUSED = {  # HTTP status of a refused push -> what to do
     400: "fix what the Hub names (a card's metadata: params.yaml hub.license / hub.language)",
@@ -35,10 +36,10 @@ REFUSED = {  # HTTP status of a refused push -> what to do
 
 
 def stage_folder(artifacts_dir: str | Path, stage: str) -> Path:
-    """What `stage` names under `artifacts_dir`; a stage that trained a LoRA adapter where its recipe said so
-    (dpo with `trainable: lora`) saved it in adapter/, beside merged/, as the lora stage does."""
-    folder = Path(artifacts_dir) / FOLDERS[stage]
-    return folder / "adapter" if (folder / "adapter").is_dir() else folder
+    """What `stage` names under `artifacts_dir`: its adapter where its recipe trained one (dpo with
+    `trainable: lora` saves adapter/ beside merged/, as the lora stage does)."""
+    adapter = Path(artifacts_dir) / ADAPTER_FOLDERS.get(stage, FOLDERS[stage])
+    return adapter if adapter.is_dir() else Path(artifacts_dir) / FOLDERS[stage]
 
 
 def scored_folder(folder: Path) -> Path:

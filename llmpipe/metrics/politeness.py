@@ -20,14 +20,16 @@ def words(text: str) -> list[str]:
 def word_lists(pairs: list[dict], min_rewrites: int = 3) -> dict[str, list[str]]:
     """`impolite`: the words of the impolite rewrites (the `rejected` answer where the original is `chosen`)
     that no original output in `pairs` uses; `polite`: the same of the polite rewrites. A word counts once
-    per rewrite and must appear in at least `min_rewrites` of them: one rewrite's subject matter is no marker."""
+    per rewrite and must appear in at least `min_rewrites` of them (one rewrite's subject matter is no
+    marker), and in one list only (a word both kinds of rewrite add marks neither)."""
     original = {word for entry in pairs for word in words(instructions.reference(entry))}
     rewrites = {"impolite": ("impolite_rejected", "rejected"), "polite": ("polite_preferred", "chosen")}
     found = {}
     for name, (kind, answer) in rewrites.items():
         counts = Counter(word for entry in pairs if preferences.pair_type(entry) == kind for word in set(words(entry[answer])))
-        found[name] = sorted(word for word, count in counts.items() if count >= min_rewrites and word not in original)
-    return found
+        found[name] = {word for word, count in counts.items() if count >= min_rewrites and word not in original}
+    both = found["impolite"] & found["polite"]
+    return {name: sorted(listed - both) for name, listed in found.items()}
 
 
 def rates(answers: list[str], lists: dict[str, list[str]]) -> dict[str, float]:

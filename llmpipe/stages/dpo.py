@@ -20,6 +20,7 @@ from llmpipe.data import instructions, preferences
 from llmpipe.errors import UserError
 from llmpipe.hub import cards
 from llmpipe.metrics import preference_scores
+from llmpipe.params import Params
 from llmpipe.runtime import checkpoints, throughput
 from llmpipe.stages import base, training, tuning
 
@@ -38,6 +39,7 @@ class DpoRecipe:
     init_from: str | None = None  # Hub id or folder; default: the sft stage's model (--base)
     trainable: Literal["all", "lora"] = "all"  # every weight, or a LoRA adapter (the `lora` section)
     lora: dict = library_section(LoraConfig)  # peft LoraConfig arguments, with trainable: lora
+    held_out_pairs: int | None = at_least(1, None)  # validation and test pairs scored, the first of each split (null: all)
     sample_responses: int = at_least(0, 3)  # validation responses generated after training and logged to MLflow
     max_new_tokens: int = at_least(1, 64)  # for those responses
     training: dict = library_section(DPOConfig)
@@ -75,8 +77,15 @@ def dpo_config(recipe: DpoRecipe, checkpoint_folder: str, job: base.Stage, conte
     if limit is not None and limit > context:
         raise UserError(f"{job.recipe_path}: `training.max_length` is {limit}, beyond the model's context of {context} "
                         f"positions; set it to {context} or less (or remove it: the context is the default)")
-    return training.arguments(DPOConfig, recipe.training, checkpoint_folder, job, max_length=context,
-                              precompute_ref_log_probs=True, reports_initial_losses=True)
+    return training.arguments(DPOConfig, recipe.training, checkpoint_folder, job, max_length=context, precompute_ref_log_probs=True)
+
+
+def pair_splits(params: Params, task: instructions.InstructionTask, settings_file: Path) -> dict[str, list[dict]]:
+    """The preference pairs cut by `instructions.yaml` (`settings_file`, read into `task`), as sft, lora and
+    evaluate cut the instruction data: the file holds the same entries in the same order, or is refused."""
+    originals = instructions.load(params.instruction_data, task.prompt_format, settings_file)
+    pairs = preferences.load(params.preference_data, originals, params.instruction_data, task.prompt_format, settings_file)
+    return instructions.split(pairs, task.split, settings_file)
 
 
 def datasets(parts: dict[str, list[dict]], prompt_format: str) -> dict[str, Dataset]:
@@ -97,12 +106,19 @@ def trained_pairs(train: Dataset, args: DPOConfig) -> Dataset:
     return train.shuffle(seed=args.seed).select(range(needed)) if needed < len(train) else train
 
 
-def held_out_scores(trainer: DPOTrainer, held_out: dict[str, Dataset], prefix: str) -> dict[str, float]:
+def held_out_scores(trainer: DPOTrainer, held_out: dict[str, Dataset]) -> dict[str, float]:
+    """The held-out pairs' scores before (`initial_...`) and after training, from one pass of the trained model."""
     scores = {}
     for name, dataset in held_out.items():
-        margins = preference_scores.reward_margins(trainer, dataset)
-        scores |= preference_scores.summary(margins, dataset["pair_type"], f"{prefix}{name}_")
+        log_probs = preference_scores.pair_log_probs(trainer, dataset)
+        for prefix, measured in (("initial_", preference_scores.before_training(log_probs)), ("", log_probs)):
+            scores |= preference_scores.scores(measured, trainer.beta, dataset["pair_type"], f"{prefix}{name}_")
     return scores
+
+
+def train_loss(log_history: list[dict]) -> float:
+    """Trainer's mean loss over the training steps (of this run's last start, when it resumed)."""
+    return round(next(entry["train_loss"] for entry in reversed(log_history) if "train_loss" in entry), 4)
 
 
 def note_cut_pairs(data: dict[str, Dataset], prepared: dict[str, Dataset], limit: int) -> None:
@@ -122,12 +138,11 @@ def main(args: argparse.Namespace) -> None:
     job = base.begin(args, "dpo", DpoRecipe)
     recipe = job.recipe
     check_recipe(recipe, job.recipe_path)
-    settings_file = base.instructions_file(job)
-    task = config.load(instructions.InstructionTask, settings_file)
+    task = config.load(instructions.InstructionTask, base.instructions_file(job))
     prompt_format, params = task.prompt_format, job.params
-    originals = instructions.load(params.instruction_data, prompt_format, settings_file)
-    pairs = preferences.load(params.preference_data, originals, params.instruction_data, prompt_format, settings_file)
-    parts = instructions.split(pairs, task.split, settings_file)
+    parts = pair_splits(params, task, base.instructions_file(job))
+    for name in ("validation", "test"):
+        parts[name] = parts[name][: recipe.held_out_pairs]
     data = datasets(parts, prompt_format)
     source = recipe.init_from or args.base
     tokenizer = artifacts.load_tokenizer(source)
@@ -147,25 +162,23 @@ def main(args: argparse.Namespace) -> None:
             model=model,
             args=training_args,
             train_dataset=train,
-            # the test pairs are prepared with the others (tokenized, reference scored) but scored only before and after
-            eval_dataset={"train": training.train_probe(train, len(data["validation"])), "validation": data["validation"], "test": data["test"]},
+            # the test pairs are prepared with the validation pairs (tokenized, reference scored), but only scored after training
+            eval_dataset={"validation": data["validation"], "test": data["test"]},
             processing_class=tokenizer,
             peft_config=lora_config(recipe, model) if adapter else None,
         )
         held_out = {"val": trainer.eval_dataset["validation"], "test": trainer.eval_dataset.pop("test")}
         note_cut_pairs({"train": train, "validation": data["validation"], "test": data["test"]},
                        {"train": trainer.train_dataset, "validation": held_out["val"], "test": held_out["test"]}, training_args.max_length)
-        before = held_out_scores(trainer, held_out, "initial_")
         throughput.add_to(trainer, timer := throughput.Throughput())
         identity = checkpoints.run_identity(recipe, model, artifacts.weights_digest(source), [params.instruction_data, params.preference_data])
         training.train(trainer, args, identity)
-        final = trainer.evaluate()
-        after = held_out_scores(trainer, held_out, "")
+        scores = held_out_scores(trainer, held_out)
         metrics = {}
         if trainer.is_world_process_zero():
             metrics = {
-                **training.loss_metrics(training.initial_losses(trainer.state.log_history), final),
-                **before, **after,
+                "train_loss": train_loss(trainer.state.log_history),
+                **scores,
                 "train_pairs": len(train),
                 **{f"{name}_pairs": len(dataset) for name, dataset in held_out.items()},
                 **artifacts.parameter_counts(trainer.model),
@@ -195,6 +208,7 @@ def main(args: argparse.Namespace) -> None:
             f"preference-tuned ({metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} parameters trained) -> "
             f"{Path(args.output)}: held-out reward accuracy val {metrics['initial_val_reward_accuracy']:.2f} -> "
             f"{metrics['val_reward_accuracy']:.2f}, test {metrics['initial_test_reward_accuracy']:.2f} -> "
-            f"{metrics['test_reward_accuracy']:.2f}; margin val {metrics['val_margin']:.3f}, test {metrics['test_margin']:.3f}",
+            f"{metrics['test_reward_accuracy']:.2f}; margin val {metrics['val_margin']:.3f}, test {metrics['test_margin']:.3f}; "
+            f"val DPO loss {metrics['initial_val_dpo_loss']:.3f} -> {metrics['val_dpo_loss']:.3f}",
         )
         checkpoints.mark_finished(args.checkpoints)
