@@ -5,6 +5,7 @@ reward (metrics/preference_scores.py). The split and the prompt format are instr
 with sft, lora and evaluate."""
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -71,13 +72,21 @@ def lora_config(recipe: DpoRecipe, model) -> LoraConfig:
 
 
 def dpo_config(recipe: DpoRecipe, checkpoint_folder: str, job: base.Stage, context: int) -> DPOConfig:
-    """The recipe's DPOConfig. By default sequences may fill the model's context and the reference's
-    log-probabilities are computed once, before training, so that no second copy of the model is held."""
+    """The recipe's DPOConfig. By default sequences may fill the model's context and, in one process, the
+    reference's log-probabilities are computed once, before training, so that no second copy of the model is
+    held. TRL 1.16 caches them in a temporary file of each process for data held in memory, where the other
+    processes cannot read rank 0's: under several, the reference stays a model."""
+    where = f"{job.recipe_path}: `training"
     limit = recipe.training.get("max_length")
     if limit is not None and limit > context:
-        raise UserError(f"{job.recipe_path}: `training.max_length` is {limit}, beyond the model's context of {context} "
+        raise UserError(f"{where}.max_length` is {limit}, beyond the model's context of {context} "
                         f"positions; set it to {context} or less (or remove it: the context is the default)")
-    return training.arguments(DPOConfig, recipe.training, checkpoint_folder, job, max_length=context, precompute_ref_log_probs=True)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1 and recipe.training.get("precompute_ref_log_probs"):
+        raise UserError(f"{where}.precompute_ref_log_probs` fails under {processes} processes (TRL 1.16 caches the "
+                        "log-probabilities in each process's own temporary folder); remove it")
+    return training.arguments(DPOConfig, recipe.training, checkpoint_folder, job, max_length=context,
+                              precompute_ref_log_probs=processes == 1)
 
 
 def pair_splits(params: Params, task: instructions.InstructionTask, settings_file: Path) -> dict[str, list[dict]]:
@@ -158,8 +167,12 @@ def main(args: argparse.Namespace) -> None:
         training_args = dpo_config(recipe, args.checkpoints, job, artifacts.context_length(model))
         set_seed(training_args.seed)
         train = trained_pairs(data["train"], training_args)
+        # without precomputed log-probabilities a full fine-tune's reference is a frozen copy (the book's), loaded
+        # here: TRL would load it from the model's `name_or_path`
+        reference = None if adapter or training_args.precompute_ref_log_probs else tuning.load_model(source, tokenizer)
         trainer = DPOTrainer(
             model=model,
+            ref_model=reference,
             args=training_args,
             train_dataset=train,
             # the test pairs are prepared with the validation pairs (tokenized, reference scored), but only scored after training
@@ -168,8 +181,9 @@ def main(args: argparse.Namespace) -> None:
             peft_config=lora_config(recipe, model) if adapter else None,
         )
         held_out = {"val": trainer.eval_dataset["validation"], "test": trainer.eval_dataset.pop("test")}
-        note_cut_pairs({"train": train, "validation": data["validation"], "test": data["test"]},
-                       {"train": trainer.train_dataset, "validation": held_out["val"], "test": held_out["test"]}, training_args.max_length)
+        if trainer.is_world_process_zero():
+            note_cut_pairs({"train": train, "validation": data["validation"], "test": data["test"]},
+                           {"train": trainer.train_dataset, "validation": held_out["val"], "test": held_out["test"]}, training_args.max_length)
         throughput.add_to(trainer, timer := throughput.Throughput())
         identity = checkpoints.run_identity(recipe, model, artifacts.weights_digest(source), [params.instruction_data, params.preference_data])
         training.train(trainer, args, identity)
