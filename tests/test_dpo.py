@@ -177,3 +177,17 @@ def test_a_recipe_must_say_whether_it_wants_bf16(project, tmp_path, capsys):
     (tmp_path / "dpo.yaml").write_text(yaml.safe_dump(recipe))
     code, _ = run_dpo(project, "bad", "--recipe", str(tmp_path / "dpo.yaml"))
     assert_refused(code, capsys.readouterr().err, "must set `bf16`", "TRL's DPOConfig turns both on")
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(project, capsys):
+    keep_both = ("--set", "training.save_total_limit=2")  # checkpoint-4 and checkpoint-8
+    code, uninterrupted = run_dpo(project, "resumed", *keep_both)
+    assert code == 0
+    run_file = project / "checkpoints/resumed/llmpipe-run.json"  # as a run killed after its step-4 checkpoint left it
+    run_file.write_text(json.dumps(json.loads(run_file.read_text()) | {"finished": False}))
+    shutil.rmtree(project / "checkpoints/resumed/checkpoint-8")
+    capsys.readouterr()
+    code, resumed = run_dpo(project, "resumed", *keep_both)
+    assert code == 0 and "resuming from checkpoints/resumed/checkpoint-4" in capsys.readouterr().out
+    for key in ("val_reward_accuracy", "val_margin", "test_margin", "test_dpo_loss"):
+        assert resumed[key] == uninterrupted[key], key
