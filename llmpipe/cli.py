@@ -17,6 +17,7 @@ COMMANDS = {
     "adaptation": ("llmpipe.stages.adaptation", "gather the classify runs of several adaptation methods into one table and figure"),
     "sft": ("llmpipe.stages.sft", "instruction fine-tuning with TRL's SFTTrainer, loss on responses only (ch7)"),
     "lora": ("llmpipe.stages.lora", "the instruction task with LoRA adapters (PEFT), plus a merged model (app. E)"),
+    "dpo": ("llmpipe.stages.dpo", "preference tuning of the sft model with TRL's DPOTrainer, scored on held-out pairs (ch7 bonus)"),
     "judge-model": ("llmpipe.stages.judge_model", "write the evaluate stage's judge as a model folder (default: SmolLM2-135M-Instruct from PyPI)"),
     "meta-evaluate": ("llmpipe.stages.meta_evaluate", "measure how well each evaluate measure agrees with GPT-4 on the book's 200 rated answers"),
     "evaluate": ("llmpipe.stages.evaluate", "answer the test instructions with each model and score the answers with a judge (ch7.7-7.8)"),

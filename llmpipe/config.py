@@ -151,8 +151,10 @@ def load(schema: type[T], path: str | Path, overrides: list[str] = (), changes_f
 def build(schema: type[T], data: dict, source: str, prefix: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
     hints = typing.get_type_hints(schema)
-    for name, fix in getattr(schema, "RETIRED_KEYS", {}).items():  # keys of older recipes, with what replaced them
-        if name in data:
+    for name, fix in getattr(schema, "RETIRED_KEYS", {}).items():  # keys of older recipes (`section.key` too), with what replaced them
+        section, _, key = name.rpartition(".")
+        holder = data.get(section) if section else data
+        if isinstance(holder, dict) and key in holder:
             raise UserError(f"{source}: `{prefix}{name}` {fix}")
     reject_unknown(data, fields, source, prefix)
     values = {}

@@ -42,7 +42,7 @@ class HubParams:
     push: bool = False  # true: `dvc repro` pushes the trained models after evaluate (needs namespace and a token)
     namespace: str = ""  # your Hub user or organisation
     name_prefix: str = "llmpipe"  # repositories are <namespace>/<name_prefix>-<stage>
-    stages: list[str] = field(default_factory=lambda: ["tokenizer", "pretrain", "classify", "sft", "lora", "lora-merged"])
+    stages: list[str] = field(default_factory=lambda: ["tokenizer", "pretrain", "classify", "sft", "lora", "lora-merged", "dpo"])
     private: bool = True
     license: str = "apache-2.0"  # of the models' cards; the data's licenses are listed in each card
     language: str = "en"
@@ -58,6 +58,8 @@ class Params:
     data: DataParams
     classify_data: str = "data/sms_spam/SMSSpamCollection"  # `ham|spam<TAB>text` lines
     instruction_data: str = "data/instruction-data.json"  # JSON or JSONL: instruction/input/output, or messages
+    # the instruction data's entries, in the same order, each with `chosen` and `rejected` answers (dpo)
+    preference_data: str = "data/instruction-data-with-preference.json"
     # the classify methods the adaptation experiment compares: names in recipes/<recipe>/adaptation.yaml `methods`
     adaptation: list[str] = field(default_factory=list)
     mlflow: MlflowParams = field(default_factory=MlflowParams)

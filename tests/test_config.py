@@ -16,6 +16,7 @@ from llmpipe.errors import UserError
 from llmpipe.stages.adaptation import AdaptationRecipe
 from llmpipe.stages.classify import ClassifyRecipe
 from llmpipe.stages.corpus import CorpusRecipe
+from llmpipe.stages.dpo import DpoRecipe
 from llmpipe.stages.evaluate import EvaluateRecipe
 from llmpipe.stages.judge_model import JudgeModelRecipe
 from llmpipe.stages.lora import LoraRecipe
@@ -131,7 +132,7 @@ def test_nested_dataclasses_and_literals_are_checked(tmp_path):
 SCHEMAS = {
     "tokenizer": TokenizerRecipe, "corpus": CorpusRecipe, "pretrain": PretrainRecipe,
     "classify": ClassifyRecipe, "sft": SftRecipe, "lora": LoraRecipe, "evaluate": EvaluateRecipe,
-    "instructions": InstructionTask, "judge-model": JudgeModelRecipe, "adaptation": AdaptationRecipe,
+    "instructions": InstructionTask, "judge-model": JudgeModelRecipe, "adaptation": AdaptationRecipe, "dpo": DpoRecipe,
 }
 STAGE_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate")
 

@@ -20,10 +20,10 @@ from llmpipe.data.packing import count_blocks
 from llmpipe.data.spam import LABELS, SpamSplit, balanced_splits, read_messages
 from tests.conftest import ADAPTED, BIN, run_cli, sh
 
-STAGES = ["tokenizer", "corpus", "pretrain", "classify", "sft", "lora", "judge-model", "meta-evaluate", "evaluate", "adaptation"]
+STAGES = ["tokenizer", "corpus", "pretrain", "classify", "sft", "dpo", "lora", "judge-model", "meta-evaluate", "evaluate", "adaptation"]
 ADAPT_STAGES = [f"adapt@{method}" for method in ADAPTED]
 ADAPT_RUNS = [f"classify-{method}" for method in ADAPTED]  # their MLflow runs
-EVALUATED = ["sft", "lora", "pretrain"]  # each model's judged answers: an MLflow GenAI evaluation run nested in evaluate's
+EVALUATED = ["sft", "lora", "dpo", "pretrain"]  # each model's judged answers: an MLflow GenAI evaluation run nested in evaluate's
 
 
 def mlflow_runs(repo: Path) -> list:
@@ -68,6 +68,8 @@ def test_fine_tuning_stages_write_their_metrics(repo):
         metrics = json.loads((repo / f"metrics/{stage}.json").read_text())
         assert metrics["val_loss"] < metrics["initial_val_loss"], stage
     assert json.loads((repo / "metrics/lora.json").read_text())["trainable_fraction"] < 0.5
+    dpo = json.loads((repo / "metrics/dpo.json").read_text())
+    assert dpo["val_reward_accuracy"] > dpo["initial_val_reward_accuracy"] == 0.5  # it learned to prefer the chosen answers
 
 
 def test_meta_evaluation_measures_what_evaluate_reports_against_the_books_ratings(repo):
@@ -84,7 +86,7 @@ def test_evaluate_judges_every_test_example_of_every_model(repo):
     metrics = json.loads((repo / "metrics/evaluate.json").read_text())
     assert metrics["judge"] == "self" and metrics["judge_model"] == "hf:artifacts/sft (reading: first_number)"
     assert metrics["test_examples"] == 6  # the test recipe's limit
-    for model in ("sft", "lora", "pretrain"):
+    for model in ("sft", "lora", "dpo", "pretrain"):
         summary = metrics[model]
         assert summary["examples"] == 6 and summary["unscored"] == 0  # the hf judge always gives a number
         assert summary["judge_ci_low"] <= summary["judge_mean"] <= summary["judge_ci_high"]
@@ -183,6 +185,7 @@ CARDS = {  # artifact folder -> (its metrics, model-index metric type, metrics k
     "sft": ("sft", "loss", "val_loss"),
     "lora/adapter": ("lora", "loss", "val_loss"),
     "lora/merged": ("lora", "loss", "val_loss"),
+    "dpo": ("dpo", "accuracy", "test_reward_accuracy"),  # the last of its accuracies: validation's, then test's
 }
 
 
@@ -210,7 +213,7 @@ def test_models_are_registered_in_mlflow_and_load_back(repo):
     import mlflow
 
     client, runs = mlflow_runs(repo)
-    for stage in ("pretrain", "classify", "sft", "lora"):
+    for stage in ("pretrain", "classify", "sft", "lora", "dpo"):
         (version,) = client.search_model_versions(f"name = 'llmpipe-{stage}'")
         run = client.get_run(version.run_id)
         assert run.data.tags["llmpipe.stage"] == stage
@@ -264,7 +267,7 @@ def test_exp_run_with_a_recipe_value_reruns_that_stage_and_what_depends_on_it(ow
     _, runs = mlflow_runs(own_repo)
     exp_runs = [r for r in runs if r.data.tags.get("dvc.exp_name")]
     rerun = sorted(r.data.tags.get("llmpipe.stage") for r in exp_runs if "mlflow.parentRunId" in r.data.tags)
-    assert rerun == ["evaluate", "sft"]  # sft and what depends on it; pretrain, classify, lora are untouched
+    assert rerun == ["dpo", "evaluate", "sft"]  # sft and what depends on it; pretrain, classify, lora are untouched
 
 
 def kill_when_saved(repo: Path, stage: str, step: int) -> None:

@@ -1,6 +1,7 @@
 """`llmpipe push` against a patched `HfApi` (create_repo/create_branch/create_commit are the network boundary)."""
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -256,3 +257,31 @@ def test_no_network_or_no_token_is_named_before_anything_is_sent(monkeypatch):
     monkeypatch.setattr(push, "get_token", lambda: None)  # neither HF_TOKEN nor a saved login
     with pytest.raises(UserError, match="no Hugging Face token: set HF_TOKEN or run `hf auth login`"):
         push.require_hub()
+
+
+def dpo_folder(workdir: Path, folder: str, artifact: str, model) -> None:
+    """A folder as the dpo stage writes it: the model (or adapter) with its tokenizer and card."""
+    model.save_pretrained(workdir / "artifacts" / folder)
+    AutoTokenizer.from_pretrained(workdir / "artifacts/pretrain").save_pretrained(workdir / "artifacts" / folder)
+    facts = cards.CardFacts(artifact=artifact, recipe="tiny", settings={}, metrics={"val_reward_accuracy": 0.61},
+                            data=["data/instruction-data-with-preference.json"], hub_data=[], base_model="artifacts/pretrain")
+    cards.write(workdir / "artifacts" / folder, cards.model_card(facts, f"artifacts/{folder}", "apache-2.0", "en"))
+
+
+def test_push_dpo_sends_its_model_or_its_adapter_and_merged_model(workdir, hub):
+    base = AutoModelForCausalLM.from_pretrained("artifacts/pretrain")
+    dpo_folder(workdir, "dpo", "dpo", base)
+    assert cli.main(["push", "dpo"]) == 0
+    (repo_id, ops, _), = hub["commits"]
+    assert repo_id == "alice/llmpipe-dpo" and "model.safetensors" in {op.path_in_repo for op in ops}
+    assert "Reward accuracy" in next(op.path_or_fileobj for op in ops if op.path_in_repo == "README.md").decode()
+
+    shutil.rmtree(workdir / "artifacts/dpo")  # a recipe with `trainable: lora`: the adapter beside the merged model
+    lora = get_peft_model(base, adapters.lora_config({"r": 2, "target_modules": ["c_attn"]}, TaskType.CAUSAL_LM, base))
+    dpo_folder(workdir, "dpo/adapter", "dpo-adapter", lora)
+    dpo_folder(workdir, "dpo/merged", "dpo-merged", lora.merge_and_unload())
+    assert cli.main(["push", "dpo", "dpo-merged"]) == 0
+    (_, adapter_ops, _), (merged_repo, merged_ops, _) = hub["commits"][1:]
+    adapter_repo = materialize(adapter_ops, workdir / "hub/dpo")
+    assert json.loads((adapter_repo / "adapter_config.json").read_text())["base_model_name_or_path"] == "alice/llmpipe-pretrain"
+    assert merged_repo == "alice/llmpipe-dpo-merged" and "model.safetensors" in {op.path_in_repo for op in merged_ops}

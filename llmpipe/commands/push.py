@@ -11,7 +11,7 @@ from huggingface_hub.utils import validate_repo_id
 from llmpipe import params as pipeline_params
 from llmpipe.errors import UserError
 from llmpipe.hub import cards
-from llmpipe.hub.push import FOLDERS, SCORED_AS, evaluation_of, operations, require_hub, send
+from llmpipe.hub.push import FOLDERS, evaluation_of, operations, require_hub, scored_folder, send, stage_folder
 from llmpipe.runtime.tracking import StageRun
 
 
@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> None:
     if not args.dry_run:
         require_hub()
     for stage in stages:  # every folder before the first push: no half-pushed set of stages
-        check_folder(stage, Path(args.artifacts) / FOLDERS[stage])
+        check_folder(stage, stage_folder(args.artifacts, stage))
     private = hub.private if args.private is None else args.private
     for stage in stages:
         push_one(stage, repo_ids[stage], private, args, params)
@@ -95,11 +95,11 @@ def check_folder(stage: str, folder: Path) -> None:
 
 def push_one(stage: str, repo_id: str, private: bool, args: argparse.Namespace, params: pipeline_params.Params) -> None:
     hub = params.hub
-    folder = Path(args.artifacts) / FOLDERS[stage]
+    folder = stage_folder(args.artifacts, stage)
     facts = cards.load_facts(folder)
     base = hub_base(facts, args, hub)
-    evaluation = evaluation_of(Path(args.artifacts) / SCORED_AS.get(stage, FOLDERS[stage]), Path(args.evaluation))
-    if facts.artifact in ("sft", "lora", "lora-merged") and evaluation is None:
+    evaluation = evaluation_of(scored_folder(folder), Path(args.evaluation))
+    if facts.artifact in ("sft", "lora", "lora-merged", *cards.PREFERENCE_TUNED) and evaluation is None:
         found = "has no scores of the weights" if Path(args.evaluation).is_file() else "does not exist, so it has no scores of the weights"
         print(f"push: {args.evaluation} {found} in {folder}; the card leaves the judge out (run `dvc repro`)")
     card = cards.model_card(facts, repo_id, hub.license, hub.language, evaluation, base, on_hub=True, revision=args.revision)

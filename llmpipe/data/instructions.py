@@ -44,8 +44,15 @@ class InstructionTask:
 def load(path: str | Path, prompt_format: str | None = None, settings: object = "instructions.yaml") -> list[dict]:
     """Every entry, checked; with a `prompt_format`, also that the format can show it (`settings` names
     where the format is set). An error names the entry: its line in a JSONL file, its index in a JSON list."""
+    return [entry for _, entry in located_entries(path, prompt_format, settings)]
+
+
+def located_entries(path: str | Path, prompt_format: str | None = None, settings: object = "instructions.yaml",
+                    key: str = "instruction_data") -> list[tuple[str, dict]]:
+    """`load`'s entries, each with where it is (`<file>: entry 3`, `<file>:4`) for errors about it; `key` is
+    the params.yaml key that names the file."""
     path = Path(path)
-    text = read_text(path, "params.yaml `instruction_data`")
+    text = read_text(path, f"params.yaml `{key}`")
     if path.suffix == ".jsonl":
         located = [(f"{path}:{number}", _parse(line, path, number)) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
     else:
@@ -61,7 +68,7 @@ def load(path: str | Path, prompt_format: str | None = None, settings: object = 
     if not any(reference(entry).strip() for _, entry in located):
         raise UserError(f"{path}: every entry's answer (`output`, or the last assistant message) is empty: the loss is on "
                         "the answers, so there is nothing to learn from; fill in the answers")
-    return [entry for _, entry in located]
+    return located
 
 
 def _parse(text: str, path: Path, first_line: int = 1):

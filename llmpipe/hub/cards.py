@@ -38,7 +38,15 @@ KINDS = {
     "sft": Kind("an instruction-tuned {arch} (book ch7)", "text-generation", "transformers", ("text", "instructions")),
     "lora": Kind("LoRA adapter for instruction following (book appendix E)", "text-generation", "peft", ("text", "instructions")),
     "lora-merged": Kind("a {arch} with its LoRA adapter merged in (book appendix E)", "text-generation", "transformers", ("text", "instructions")),
+    "dpo": Kind("a {arch} preference-tuned with DPO after instruction tuning (book ch7 bonus)", "text-generation", "transformers",
+                ("text", "instructions", "preferences")),
+    "dpo-adapter": Kind("LoRA adapter preference-tuned with DPO after instruction tuning (book ch7 bonus)", "text-generation", "peft",
+                        ("text", "instructions", "preferences")),
+    "dpo-merged": Kind("a {arch} with its DPO-tuned LoRA adapter merged in (book ch7 bonus)", "text-generation", "transformers",
+                       ("text", "instructions", "preferences")),
 }
+
+PREFERENCE_TUNED = ("dpo", "dpo-adapter", "dpo-merged")
 
 # Timings vary from run to run: in the card they would make every run's folder differ (DVC, the Hub)
 TIMINGS = {*throughput.MEASURED, "train_seconds", "seconds"}
@@ -74,7 +82,8 @@ def facts(job, artifact: str, metrics: dict[str, Any], base_model: str | None = 
           model_type: str | None = None) -> CardFacts:
     """The facts of `job` (a `stage.Stage`) about the artifact it saved."""
     params = job.params
-    files = {"text": params.data.files, "spam": [params.classify_data], "instructions": [params.instruction_data]}
+    files = {"text": params.data.files, "spam": [params.classify_data], "instructions": [params.instruction_data],
+             "preferences": [params.preference_data]}
     return CardFacts(
         artifact=artifact,
         recipe=job.recipe_path.parent.name,
@@ -125,7 +134,11 @@ def eval_results(facts: CardFacts, evaluation: dict[str, Any] | None) -> list[Ev
     elif artifact in ("classify", "classify-adapter"):
         add("text-classification", "test", "accuracy", "Test accuracy", "test_accuracy", metrics)
         add("text-classification", "test", "f1", "Test F1", "test_f1", metrics)
-    elif artifact in ("sft", "lora", "lora-merged"):
+    elif artifact in ("sft", "lora", "lora-merged", *PREFERENCE_TUNED):
+        for split, name in (("validation", "val"), ("test", "test")) if artifact in PREFERENCE_TUNED else ():
+            add("text-generation", split, "accuracy", "Reward accuracy (held-out pairs; ties count half)", f"{name}_reward_accuracy", metrics)
+            add("text-generation", split, "reward_margin", "Reward margin (held-out pairs)", f"{name}_margin", metrics)
+            add("text-generation", split, "loss", "DPO loss (held-out pairs)", f"{name}_dpo_loss", metrics)
         add("text-generation", "validation", "loss", "Validation loss (responses)", "val_loss", metrics)
         judge = f"{evaluation['judge']} ({evaluation['judge_model']})" if evaluation else None
         led = (evaluation or {}).get("headline_agreement")
@@ -173,7 +186,7 @@ def usage(artifact: str, model_id: str, prompt_format: str = "alpaca", revision:
         prompt: str | list = "Every effort moves you"
     else:
         prompt = [{"role": "user", "content": EXAMPLE_INSTRUCTION["instruction"]}] if chat else instructions.alpaca_prompt(EXAMPLE_INSTRUCTION)
-    if artifact == "lora":
+    if artifact in ("lora", "dpo-adapter"):
         encode = (
             f"tokenizer.apply_chat_template({prompt!r}, add_generation_prompt=True, return_tensors=\"pt\", return_dict=True)"
             if chat else f"tokenizer({prompt!r}, return_tensors=\"pt\")"
@@ -232,7 +245,8 @@ def model_card(
         language=language,
         library_name=kind.library_name,
         pipeline_tag=kind.pipeline_tag,
-        tags=["llmpipe", *filter(None, [facts.model_type]), facts.artifact, *{"lora": ["lora", "peft"], "lora-merged": ["lora"], "classify-adapter": ["peft"]}.get(facts.artifact, [])],
+        tags=["llmpipe", *filter(None, [facts.model_type]), facts.artifact, *{"lora": ["lora", "peft"], "lora-merged": ["lora"], "classify-adapter": ["peft"],
+                                                                              "dpo-adapter": ["lora", "peft"], "dpo-merged": ["lora"]}.get(facts.artifact, [])],
         base_model=base,
         datasets=facts.hub_data or None,
         eval_results=results or None,

@@ -22,8 +22,10 @@ FOLDERS = {  # what can be pushed -> its folder under --artifacts
     "sft": "sft",
     "lora": "lora/adapter",
     "lora-merged": "lora/merged",
+    "dpo": "dpo",
+    "dpo-merged": "dpo/merged",
 }
-SCORED_AS = {"lora": "lora/merged"}  # the evaluate stage scores the adapter as its merged model
+ADAPTER_FOLDERS = {"dpo": "dpo/adapter"}  # where the stage saves instead when its recipe trains a LoRA adapter
 PICKLES = {".bin", ".pt", ".pth", ".pkl", ".pickle"}  # never uploaded: weights go as safetensors only
 REFUSED = {  # HTTP status of a refused push -> what to do
     400: "fix what the Hub names (a card's metadata: params.yaml hub.license / hub.language)",
@@ -31,6 +33,18 @@ REFUSED = {  # HTTP status of a refused push -> what to do
     403: "the token cannot write there: use a write token, or a namespace you belong to",
     404: "the namespace does not exist, or the token cannot see it",
 }
+
+
+def stage_folder(artifacts_dir: str | Path, stage: str) -> Path:
+    """What `stage` names under `artifacts_dir`: its adapter where its recipe trained one (dpo with
+    `trainable: lora` saves adapter/ beside merged/, as the lora stage does)."""
+    adapter = Path(artifacts_dir) / ADAPTER_FOLDERS.get(stage, FOLDERS[stage])
+    return adapter if adapter.is_dir() else Path(artifacts_dir) / FOLDERS[stage]
+
+
+def scored_folder(folder: Path) -> Path:
+    """The folder whose weights the evaluate stage scores for `folder`: an adapter's merged model beside it."""
+    return folder.parent / "merged" if folder.name == "adapter" else folder
 
 
 def evaluation_of(folder: Path, evaluate_metrics: Path) -> dict | None:
