@@ -14,9 +14,8 @@ from peft import AutoPeftModelForCausalLM
 from transformers import pipeline
 
 from llmpipe import adapters, cli, config, params
-from llmpipe.data import instructions
+from llmpipe.data import instructions, preferences
 from llmpipe.metrics import preference_scores
-from llmpipe.stages import dpo
 from tests.conftest import REPO, assert_refused
 
 PROBE = "Below is an instruction that describes a task.\n\n### Instruction:\nName a colour.\n\n### Response:\n"
@@ -119,7 +118,7 @@ def test_no_dpo_train_pair_is_in_evaluates_test_split():
     for recipe in ("tiny", "smol", "gpt2-book", "test"):
         settings_file = REPO / "recipes" / recipe / "instructions.yaml"
         task = config.load(instructions.InstructionTask, settings_file)
-        trained = dpo.pair_splits(pipeline_params, task, settings_file)["train"]
+        trained = preferences.splits(pipeline_params.preference_data, pipeline_params.instruction_data, task, settings_file)["train"]
         tested = task.splits(pipeline_params.instruction_data, settings_file)["test"]  # what evaluate answers
         as_asked = {(entry["instruction"], entry["input"], entry["output"]) for entry in tested}
         assert not [entry for entry in trained if (entry["instruction"], entry["input"], entry["output"]) in as_asked]

@@ -93,6 +93,9 @@ def test_evaluate_judges_every_test_example_of_every_model(repo):
         assert 0 <= summary["judge_mean"] <= 100 and 0 <= summary["rouge_l_mean"] <= 1
         # the test recipe's judge is `self`, a smoke test the meta-evaluation does not measure: ROUGE-L leads
         assert summary["headline"] == "rouge_l" and summary["headline_mean"] == summary["rouge_l_mean"]
+        # the politeness measure of the preference data's train pairs, beside the answers' length
+        assert set(summary["politeness"]) == {"impolite_rate", "polite_rate", "answer_words", "empty_answers"}
+        assert all(0 <= summary["politeness"][rate] <= 1 for rate in ("impolite_rate", "polite_rate", "empty_answers"))
         rows = [json.loads(line) for line in (repo / f"artifacts/evaluate/{model}.jsonl").read_text().splitlines()]
         assert len(rows) == 6
         assert {"instruction", "input", "reference", "response", "judge_score", "judge_detail"} <= set(rows[0])

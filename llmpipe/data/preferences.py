@@ -32,6 +32,13 @@ def load(path: str | Path, instruction_entries: list[dict], instruction_data: st
     return [entry for _, entry in located]
 
 
+def splits(path: str | Path, instruction_data: str, task: instructions.InstructionTask, settings: Path) -> dict[str, list[dict]]:
+    """The pairs cut by `instructions.yaml` (`settings`, read into `task`), as sft, lora and evaluate cut the
+    instruction data: the file holds the same entries in the same order, or is refused."""
+    originals = instructions.load(instruction_data, task.prompt_format, settings)
+    return instructions.split(load(path, originals, instruction_data, task.prompt_format, settings), task.split, settings)
+
+
 def _check_same_entries(located: list[tuple[str, dict]], instruction_entries: list[dict], path, instruction_data: str) -> None:
     if len(located) != len(instruction_entries):
         raise UserError(

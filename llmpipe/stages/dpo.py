@@ -21,7 +21,6 @@ from llmpipe.data import instructions, preferences
 from llmpipe.errors import UserError
 from llmpipe.hub import cards
 from llmpipe.metrics import preference_scores
-from llmpipe.params import Params
 from llmpipe.runtime import checkpoints, throughput
 from llmpipe.stages import base, training, tuning
 
@@ -89,14 +88,6 @@ def dpo_config(recipe: DpoRecipe, checkpoint_folder: str, job: base.Stage, conte
                               precompute_ref_log_probs=processes == 1)
 
 
-def pair_splits(params: Params, task: instructions.InstructionTask, settings_file: Path) -> dict[str, list[dict]]:
-    """The preference pairs cut by `instructions.yaml` (`settings_file`, read into `task`), as sft, lora and
-    evaluate cut the instruction data: the file holds the same entries in the same order, or is refused."""
-    originals = instructions.load(params.instruction_data, task.prompt_format, settings_file)
-    pairs = preferences.load(params.preference_data, originals, params.instruction_data, task.prompt_format, settings_file)
-    return instructions.split(pairs, task.split, settings_file)
-
-
 def datasets(parts: dict[str, list[dict]], prompt_format: str) -> dict[str, Dataset]:
     """TRL's preference format, with each pair's type kept beside it (DPOTrainer drops the column from batches)."""
     return {
@@ -149,7 +140,7 @@ def main(args: argparse.Namespace) -> None:
     check_recipe(recipe, job.recipe_path)
     task = config.load(instructions.InstructionTask, base.instructions_file(job))
     prompt_format, params = task.prompt_format, job.params
-    parts = pair_splits(params, task, base.instructions_file(job))
+    parts = preferences.splits(params.preference_data, params.instruction_data, task, base.instructions_file(job))
     for name in ("validation", "test"):
         parts[name] = parts[name][: recipe.held_out_pairs]
     data = datasets(parts, prompt_format)

@@ -17,11 +17,11 @@ from scipy import stats
 from transformers import AutoConfig, set_seed
 
 from llmpipe import artifacts, config, generation
-from llmpipe.data import instructions
+from llmpipe.data import instructions, preferences
 from llmpipe.errors import UserError
 from llmpipe.judge import backends
 from llmpipe.judge.base import JudgeSettings
-from llmpipe.metrics import charts, evaluate_modules, measures, validity
+from llmpipe.metrics import charts, evaluate_modules, measures, politeness, validity
 from llmpipe.runtime import atomic
 from llmpipe.stages import base
 
@@ -108,6 +108,15 @@ def summarize(rows: list[dict], values: dict[str, list[float | None]], headline:
     return summary
 
 
+def politeness_lists(job: base.Stage, task: instructions.InstructionTask) -> dict[str, list[str]] | None:
+    """The politeness word lists of the preference data's train pairs (the dpo stage's), or None without one."""
+    if not job.params.preference_data:
+        return None
+    settings = base.instructions_file(job)
+    pairs = preferences.splits(job.params.preference_data, job.params.instruction_data, task, settings)["train"]
+    return politeness.word_lists(pairs)
+
+
 def check_room(job: base.Stage) -> None:
     """Every model's context must hold a prompt and the new tokens: checked on the configs, before any model runs."""
     asked = job.recipe.decoding.max_new_tokens
@@ -189,6 +198,7 @@ def main(args: argparse.Namespace) -> None:
     entries, task = scored_entries(job)
     prompt_format = task.prompt_format
     agreement, combination = read_meta_evaluation(Path(args.meta_evaluation))
+    polite_words = politeness_lists(job, task)
     check_room(job)
     is_self = recipe.judge.model == "self"
     judge_settings = dataclasses.replace(recipe.judge, model=args.self_judge) if is_self else recipe.judge
@@ -237,6 +247,8 @@ def main(args: argparse.Namespace) -> None:
                     for entry, row in zip(entries, rows)
                 ], name_of_judge)
                 results[name] = summarize(rows, values[name], headline, recipe.bootstrap)
+                if polite_words is not None:  # what preference tuning changed: the answers' politeness and length
+                    results[name]["politeness"] = politeness.rates(answers[name], polite_words)
                 results[name] |= {"model": source, "weights_sha256": artifacts.weights_digest(source)}  # for the cards
             trust = judge_validity(per_set, answers)
             checked_rows = [
