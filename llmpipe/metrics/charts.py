@@ -24,7 +24,8 @@ def judge_scores(results: dict[str, dict], judge: str, confidence: float, path: 
     judge's validity check: its mean score of the references themselves and of mismatched references."""
     names = list(results)
     panels = 1 + (headline is not None and headline[0] != "judge")
-    figure, axes = plt.subplots(1, panels, figsize=(panels * (1.6 * (len(names) + 2 * bool(validity)) + 2), 3.8), squeeze=False)
+    widths = [1.4 * len(names) + 1.5] * (panels - 1) + [1.4 * (len(names) + 2 * bool(validity)) + 1.5]
+    figure, axes = plt.subplots(1, panels, figsize=(sum(widths), 3.8), squeeze=False, gridspec_kw={"width_ratios": widths})
     if panels == 2:
         measure, spearman = headline
         _means_with_intervals(axes[0, 0], results, measure, "tab:green")
