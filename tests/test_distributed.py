@@ -75,7 +75,7 @@ def workdir(tmp_path_factory) -> Path:
     """A folder with params.yaml (MLflow on, in the folder; the repository's data), and the test recipe's tokenizer and corpus."""
     work = tmp_path_factory.mktemp("distributed")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params |= {"recipe": "test", **{key: str(REPO / params[key]) for key in ("instruction_data", "classify_data")}}
+    params |= {"recipe": "test", **{key: str(REPO / params[key]) for key in ("instruction_data", "preference_data", "classify_data")}}
     params["data"]["files"] = [str(REPO / "data/text/the-verdict.txt")]
     params["mlflow"]["tracking_uri"] = f"sqlite:///{work / 'mlflow.db'}"
     (work / "params.yaml").write_text(yaml.safe_dump(params))
@@ -118,6 +118,7 @@ RUNS = {
     "classify-lora": ("classify", ["--base", "pretrain-1", "--set", "trainable=lora"]),
     "sft": ("sft", ["--base", "pretrain-1"]),
     "lora": ("lora", ["--base", "pretrain-1"]),
+    "dpo": ("dpo", ["--base", "pretrain-1"]),
 }
 
 
