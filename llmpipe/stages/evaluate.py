@@ -197,9 +197,9 @@ def main(args: argparse.Namespace) -> None:
                         f"set a temperature above 0, or remove {keys}")
     entries, task = scored_entries(job)
     prompt_format = task.prompt_format
+    check_room(job)
     agreement, combination = read_meta_evaluation(Path(args.meta_evaluation))
     polite_words = politeness_lists(job, task)
-    check_room(job)
     is_self = recipe.judge.model == "self"
     judge_settings = dataclasses.replace(recipe.judge, model=args.self_judge) if is_self else recipe.judge
     device = "cuda" if torch.cuda.is_available() else "cpu"
