@@ -198,7 +198,6 @@ def main(args: argparse.Namespace) -> None:
     entries, task = scored_entries(job)
     prompt_format = task.prompt_format
     check_room(job)
-    agreement, combination = read_meta_evaluation(Path(args.meta_evaluation))
     polite_words = politeness_lists(job, task)
     is_self = recipe.judge.model == "self"
     judge_settings = dataclasses.replace(recipe.judge, model=args.self_judge) if is_self else recipe.judge
@@ -207,6 +206,7 @@ def main(args: argparse.Namespace) -> None:
     with job.tracker:
         job.log_config(**config.flatten(task, "instructions."))
         the_judge = backends.load_or_explain(judge_settings, device, job.recipe_path)
+        agreement, combination = read_meta_evaluation(Path(args.meta_evaluation))  # after the judge: its own errors first
         name_of_judge = "self" if is_self else backends.describe(the_judge)  # self: the sft model judging, a smoke test
         check_measured_judge(agreement, None if is_self else the_judge.identity, Path(args.meta_evaluation))
         judged, rouge = evaluate_modules.load("judge"), evaluate_modules.load("rouge_l")
