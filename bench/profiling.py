@@ -15,13 +15,12 @@ TOP = 12  # operations listed per loop, and differences listed
 
 
 def operation_ms(events, on_gpu: bool, steps: int) -> dict[str, float]:
-    """Milliseconds a step in each operation: GPU kernels' own time, or on a CPU each operator's own time."""
-    if on_gpu:
-        totals = {event.key: event.self_device_time_total for event in events if event.device_type == DeviceType.CUDA}
-    else:
-        # less the profiler's own step markers, whose time is the whole step's less its operators'
-        totals = {event.key: event.self_cpu_time_total for event in events
-                  if event.device_type == DeviceType.CPU and not event.key.startswith("ProfilerStep")}
+    """Milliseconds a step in each operation: GPU kernels' own time, or on a CPU each operator's own time, less
+    the profiler's own step markers (on a CPU their time is the step's less its operators'; on a GPU the
+    marker spans the step's kernels, so counting it counts them twice)."""
+    device_type = DeviceType.CUDA if on_gpu else DeviceType.CPU
+    totals = {event.key: event.self_device_time_total if on_gpu else event.self_cpu_time_total for event in events
+              if event.device_type == device_type and not event.key.startswith("ProfilerStep")}
     return {key: microseconds / steps / 1000 for key, microseconds in totals.items() if microseconds > 0}
 
 
@@ -35,7 +34,8 @@ def profiled(loop, shape: dict, rows: list[dict], steps: int, warmup: int, devic
     with profile(activities=activities, schedule=plan) as profiler:
         seconds = loop(shape, rows, warmup, device, shape["settings"], on_step=profiler.step)
     events = profiler.key_averages()
-    optimizer_steps = sum(event.count for event in events if event.key.startswith("Optimizer.step#"))
+    optimizer_steps = sum(event.count for event in events  # the host's calls: on a GPU the same name is a device range too
+                          if event.key.startswith("Optimizer.step#") and event.device_type == DeviceType.CPU)
     return seconds / steps * 1000, operation_ms(events, on_gpu, steps), optimizer_steps
 
 
