@@ -80,9 +80,11 @@ def test_a_split_without_test_part_is_named(tmp_path, monkeypatch, capsys):
     assert_refused(cli.main(["evaluate"]), capsys.readouterr().err, "recipes/tiny/instructions.yaml: `split` needs train, validation and test")
 
 
-@pytest.mark.xfail(reason="the judge now loads first and this project has no artifacts/sft for `judge: self`; "
-                          "give the test a loadable judge (stop 28's note)", strict=False)
-def test_evaluate_needs_the_meta_evaluation_it_leads_by(project, monkeypatch, capsys):
+def test_evaluate_needs_the_meta_evaluation_it_leads_by(project, tiny_model, tokenizer, monkeypatch, capsys):
+    model = project / "tiny-model"  # a loadable model and judge, so that the missing meta-evaluation is the first fault
+    tiny_model.save_pretrained(model)
+    tokenizer.save_pretrained(model)
     monkeypatch.chdir(project)
-    assert_refused(cli.main(["evaluate", "--meta-evaluation", "nowhere"]), capsys.readouterr().err,
+    settings = ["--set", f"models={{sft: {model}}}", "--set", f"judge.model={model}"]
+    assert_refused(cli.main(["evaluate", *settings, "--meta-evaluation", "nowhere"]), capsys.readouterr().err,
                    "nowhere/agreement.json: no such file; run `llmpipe meta-evaluate`")
