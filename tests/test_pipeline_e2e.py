@@ -23,14 +23,14 @@ from tests.conftest import ADAPTED, BIN, run_cli, sh
 STAGES = ["tokenizer", "corpus", "pretrain", "classify", "sft", "dpo", "lora", "judge-model", "meta-evaluate", "evaluate", "adaptation"]
 ADAPT_STAGES = [f"adapt@{method}" for method in ADAPTED]
 ADAPT_RUNS = [f"classify-{method}" for method in ADAPTED]  # their MLflow runs
-EVALUATED = ["sft", "lora", "dpo", "pretrain"]  # each model's judged answers: an MLflow GenAI evaluation run nested in evaluate's
+EVALUATED = ["sft", "lora", "dpo", "pretrain"]  # each model's judged answers: an MLflow GenAI evaluation run in llmpipe-evaluations
 
 
-def mlflow_runs(repo: Path) -> list:
+def mlflow_runs(repo: Path, experiment_name: str = "llmpipe") -> list:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("llmpipe")
+    experiment = client.get_experiment_by_name(experiment_name)
     return client, client.search_runs([experiment.experiment_id])
 
 
@@ -106,8 +106,9 @@ def test_evaluate_judges_every_test_example_of_every_model(repo):
     assert evaluate.data.metrics["sft.judge_mean"] == pytest.approx(metrics["sft"]["judge_mean"])
     logged = [a.path for a in client.list_artifacts(evaluate.info.run_id, "evaluate")]
     assert {"evaluate/sft.json", "evaluate/lora.json", "evaluate/pretrain.json", "evaluate/scores.png"} <= set(logged)
-    evaluations = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == evaluate.info.run_id]
-    assert sorted(r.info.run_name for r in evaluations) == sorted(f"{m} (judged answers)" for m in EVALUATED)
+    _, evaluations = mlflow_runs(repo, "llmpipe-evaluations")  # top-level runs: the UI's Evaluation runs list
+    assert all(r.data.tags["llmpipe.stage_run"] == evaluate.info.run_id and "mlflow.parentRunId" not in r.data.tags for r in evaluations)
+    assert sorted(r.info.run_name for r in evaluations) == sorted(f"{m} (test)" for m in EVALUATED)
     assert all(r.data.metrics["judge_score/mean"] == pytest.approx(metrics[r.data.tags["llmpipe.model"]]["judge_mean"], abs=0.05)
                for r in evaluations)  # the view shows scores to one decimal
     for run in evaluations:  # one trace per judged answer, each with its score: none dropped
@@ -247,7 +248,8 @@ def test_second_repro_does_nothing(repo):
     for stage in STAGES + ADAPT_STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in result.stdout
     _, runs = mlflow_runs(repo)
-    assert len(runs) == 1 + len(STAGES) + len(ADAPT_RUNS) + len(EVALUATED)
+    assert len(runs) == 1 + len(STAGES) + len(ADAPT_RUNS)
+    assert len(mlflow_runs(repo, "llmpipe-evaluations")[1]) == len(EVALUATED)
 
 
 def test_stages_rerun_with_the_same_inputs_write_the_same_bytes_so_nothing_after_them_reruns(own_repo):

@@ -92,7 +92,7 @@ def test_each_judged_answer_keeps_its_own_score_when_an_instruction_repeats(tmp_
     with tracking.StageRun("evaluate", "test", MlflowParams()) as run:
         run.log_evaluation("sft", examples, "a judge")
     client = MlflowClient()
-    (evaluation,) = client.search_runs([client.get_run(run.run_id).info.experiment_id], "tags.`llmpipe.model` = 'sft'")
+    (evaluation,) = client.search_runs([client.get_experiment_by_name("llmpipe-evaluations").experiment_id], "tags.`llmpipe.model` = 'sft'")
     traces = client.search_traces(locations=[evaluation.info.experiment_id], run_id=evaluation.info.run_id)
     scored = {}
     for trace in traces:
@@ -100,4 +100,38 @@ def test_each_judged_answer_keeps_its_own_score_when_an_instruction_repeats(tmp_
         scored[assessments["expected_response"].value] = assessments["judge_score"].value
     assert scored == {"An innovative idea.": 80, "Innovative designs sell.": 20}
     assert {trace.info.request_preview for trace in traces} == {"Use 'innovative' in a sentence."}  # as a person reads it
-    assert evaluation.info.run_name == "sft (judged answers)" and evaluation.data.metrics["judge_score/mean"] == 50
+    assert evaluation.info.run_name == "sft (test)" and evaluation.data.metrics["judge_score/mean"] == 50
+
+
+def test_the_evaluations_experiment_lists_only_the_judged_models_at_its_top_level(tmp_path, monkeypatch):
+    """MLflow 3.17's Evaluation runs list is every active run of an experiment without a logged model (the UI's
+    useGetExperimentRunsQuery keeps the runs whose outputs.modelOutputs is empty), its names indented by nesting:
+    the judged models' runs have an experiment of their own, top-level, linked to the pipeline by tags."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("LLMPIPE_PIPELINE_ID", "nightly-8")
+    monkeypatch.chdir(tmp_path)
+    with tracking.StageRun("tokenizer", "test", MlflowParams()) as tokenizer:
+        tokenizer.log_metrics({"vocab_size": 300})
+    example = {"messages": [{"role": "user", "content": "Name a colour."}], "response": "Blue.", "reference": "Red.",
+               "feedback": [{"name": "judge_score", "value": 40, "rationale": "likeliest 40", "error": None}]}
+    with tracking.StageRun("evaluate", "test", MlflowParams()) as evaluate:
+        for model in ("sft", "lora"):
+            evaluate.log_evaluation(model, [example], "a judge")
+        evaluate.log_metrics({"sft": {"judge_mean": 40}})  # the stage's own run and experiment are active again
+    client = MlflowClient()
+    stages = client.get_experiment_by_name("llmpipe").experiment_id
+    evaluations = client.get_experiment_by_name("llmpipe-evaluations").experiment_id
+
+    listed = [run for run in client.search_runs([evaluations]) if not run.outputs.model_outputs]  # what the list shows
+    assert sorted(run.info.run_name for run in listed) == ["lora (test)", "sft (test)"]
+    for run in listed:
+        assert "mlflow.parentRunId" not in run.data.tags and "llmpipe.stage" not in run.data.tags
+        assert run.data.tags["llmpipe.stage_run"] == evaluate.run_id and run.data.tags["llmpipe.pipeline_run"] == evaluate.parent_id
+        assert len(client.search_traces(locations=[evaluations], run_id=run.info.run_id)) == 1
+    trained = client.search_runs([stages])
+    assert sorted(run.info.run_name for run in trained) == ["evaluate", "pipeline (test)", "tokenizer"]
+    assert not client.search_traces(locations=[stages])  # no judged answer among the stages
+    stage = client.get_run(evaluate.run_id)
+    assert stage.data.metrics["sft.judge_mean"] == 40 and stage.data.tags["llmpipe.evaluations"] == "llmpipe-evaluations"

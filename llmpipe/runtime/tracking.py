@@ -4,6 +4,9 @@ Stages are separate processes (DVC starts each one), so a stage finds its pipeli
 tag: the id of the `dvc repro` / `dvc exp run` process that started it (or LLMPIPE_PIPELINE_ID), and
 nests under it with the `mlflow.parentRunId` tag. Only rank 0 of a multi-process launch tracks.
 Training metrics by step come from Trainer's own MLflow callback, which logs into the run started here.
+The evaluate stage's judged answers go to an experiment of their own, `<experiment>-evaluations`, one top-level
+run per judged model linked to the pipeline by tags: MLflow 3.17's "Evaluation runs" list shows every run of an
+experiment that logged no model, and indents a nested run's name until it is 0 px wide.
 """
 
 import json
@@ -28,6 +31,7 @@ os.environ.setdefault("MLFLOW_GENAI_EVAL_PREDICT_RATE_LIMIT", "0")
 os.environ.setdefault("MLFLOW_GENAI_EVAL_SCORER_RATE_LIMIT", "0")
 
 PIPELINE_TAG = "llmpipe.pipeline_id"
+EVALUATIONS = "{}-evaluations"  # the experiment of the judged answers, after the stages' experiment
 
 
 def repo_root() -> Path:
@@ -121,6 +125,8 @@ class StageRun:
         self.enabled = settings.enabled and is_main_process()
         self._mlflow = None  # the module, imported only when tracking (it takes seconds)
         self.run_id = self.parent_id = None  # this stage's run; the pipeline's, open while this stage runs
+        self.uri = self.experiment_id = None  # the tracking URI that answered; the stages' experiment
+        self.tags: dict[str, str] = {}  # the stage run's
         self.model_id = None  # the logged model the run's metrics attach to (MLflow 3 LoggedModel)
 
     @property
@@ -133,28 +139,34 @@ class StageRun:
             return self
         import mlflow
 
-        uri = answering_uri(self.settings)
-        mlflow.set_tracking_uri(uri)
-        try:
-            experiment = mlflow.get_experiment_by_name(self.settings.experiment_name)
-            if experiment is None:  # artifacts beside the store, wherever the first stage ran from
-                mlflow.create_experiment(self.settings.experiment_name, artifact_location=(repo_root() / "mlruns").as_uri())
-            experiment = mlflow.set_experiment(self.settings.experiment_name)
-        except mlflow.exceptions.MlflowException as err:
-            raise UserError(
-                f"MLflow at {redact.url(uri)} refused the experiment `{self.settings.experiment_name}` "
-                f"({str(err).splitlines()[0][:200]}); check mlflow.tracking_uri, or `mlflow.enabled: false`"
-            ) from None
+        self.uri = answering_uri(self.settings)
+        mlflow.set_tracking_uri(self.uri)
+        self.experiment_id = self._use_experiment(self.settings.experiment_name)
         tags = {"llmpipe.stage": self.stage, "llmpipe.recipe": self.recipe}
         if commit := _git_commit():
             tags["mlflow.source.git.commit"] = commit
         if exp_name := os.environ.get("DVC_EXP_NAME"):
             tags["dvc.exp_name"] = exp_name
         if (pipeline := pipeline_id()) is not None:
-            self.parent_id = tags["mlflow.parentRunId"] = self._parent_run(experiment.experiment_id, pipeline, tags)
-        self.run_id = mlflow.start_run(experiment_id=experiment.experiment_id, run_name=self.stage, tags=tags).info.run_id
-        self._mlflow = mlflow
+            self.parent_id = tags["mlflow.parentRunId"] = self._parent_run(self.experiment_id, pipeline, tags)
+        self.run_id = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.stage, tags=tags).info.run_id
+        self.tags, self._mlflow = tags, mlflow
         return self
+
+    def _use_experiment(self, name: str) -> str:
+        """Make the experiment `name` the active one (created on first use, with its artifacts beside the store,
+        wherever the first stage ran from); its id."""
+        import mlflow
+
+        try:
+            if mlflow.get_experiment_by_name(name) is None:
+                mlflow.create_experiment(name, artifact_location=(repo_root() / "mlruns").as_uri())
+            return mlflow.set_experiment(name).experiment_id
+        except mlflow.exceptions.MlflowException as err:
+            raise UserError(
+                f"MLflow at {redact.url(self.uri)} refused the experiment `{name}` "
+                f"({str(err).splitlines()[0][:200]}); check mlflow.tracking_uri, or `mlflow.enabled: false`"
+            ) from None
 
     def _parent_run(self, experiment_id: str, pipeline: str, tags: dict[str, str]) -> str:
         from mlflow.tracking import MlflowClient
@@ -226,14 +238,17 @@ class StageRun:
             self._mlflow.log_table(data=columns, artifact_file=artifact_file)
 
     def log_evaluation(self, name: str, examples: list[dict], judge: str) -> None:
-        """One model's judged answers as an MLflow GenAI evaluation, in a run named after the model, nested in
-        the stage's: per example the request as chat messages (`messages`: MLflow's views show the user's text
-        as a person reads it), the answer, the reference, and its `feedback`, computed already (dicts of
-        name, value, rationale and error, the scorer only hands them over; the first leads)."""
+        """One model's judged answers as an MLflow GenAI evaluation, in a run `<model> (<recipe>)` of the experiment
+        `<experiment>-evaluations`: top-level (the UI's list indents a nested run's name out of sight), tagged with
+        the stage's and the pipeline's runs (`llmpipe.stage_run`, `llmpipe.pipeline_run`). Per example the request
+        as chat messages (`messages`: MLflow's views show the user's text as a person reads it), the answer, the
+        reference, and its `feedback`, computed already (dicts of name, value, rationale and error, the scorer only
+        hands them over; the first leads)."""
         if not self._mlflow:
             return
         import mlflow.genai
         from mlflow.entities import Feedback
+        from mlflow.tracking import MlflowClient
 
         def key(inputs: dict, outputs: str, expectations: dict) -> str:  # an instruction may repeat with another reference
             return json.dumps([inputs, outputs, expectations], sort_keys=True)
@@ -249,5 +264,17 @@ class StageRun:
         def measures(inputs: dict, outputs: str, expectations: dict) -> list[Feedback]:
             return [Feedback(**feedback) for feedback in given[key(inputs, outputs, expectations)]]
 
-        with self._mlflow.start_run(run_name=f"{name} (judged answers)", nested=True, tags={"llmpipe.model": name, "llmpipe.judge": judge}):
-            mlflow.genai.evaluate(data=data, scorers=[measures])
+        experiment = EVALUATIONS.format(self.settings.experiment_name)
+        self._mlflow.set_tag("llmpipe.evaluations", experiment)  # the stage's run names where its judged answers are
+        tags = {k: v for k, v in self.tags.items() if k not in ("llmpipe.stage", "mlflow.parentRunId")}
+        tags |= {"llmpipe.model": name, "llmpipe.judge": judge, "llmpipe.stage_run": self.run_id}
+        if self.parent_id:
+            tags["llmpipe.pipeline_run"] = self.parent_id
+        try:  # the active experiment meanwhile, so the evaluation's traces go there too
+            evaluations = self._use_experiment(experiment)
+            run = MlflowClient().create_run(evaluations, run_name=f"{name} ({self.recipe})", tags=tags)
+            # started while the stage's run is active, a fluent run nests in it; resuming one created apart does not
+            with self._mlflow.start_run(run_id=run.info.run_id, nested=True):
+                mlflow.genai.evaluate(data=data, scorers=[measures])
+        finally:
+            self._mlflow.set_experiment(experiment_id=self.experiment_id)
