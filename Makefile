@@ -14,7 +14,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install lock repro test test-fast bench bench-gpu ui app clean
+.PHONY: install lock repro test test-all test-fast bench bench-gpu ui app clean
 
 install: $(VENV)/.installed
 
@@ -45,7 +45,13 @@ lock:
 repro: install
 	dvc repro
 
+# what CI runs: everything but the tests marked slow (each over a minute on 2 cores: the pipeline killed and
+# resumed under dvc, forced reruns, a real instruct model behind `transformers serve`, the data benchmark)
 test: install
+	python -m pytest -m "not slow"
+
+# every test, the slow ones too
+test-all: install
 	python -m pytest
 
 # everything but the whole-pipeline, multi-process and slow tests: for the edit-test loop

@@ -252,6 +252,7 @@ def test_second_repro_does_nothing(repo):
     assert len(mlflow_runs(repo, "llmpipe-evaluations")[1]) == len(EVALUATED)
 
 
+@pytest.mark.slow
 def test_stages_rerun_with_the_same_inputs_write_the_same_bytes_so_nothing_after_them_reruns(own_repo):
     # each `dvc repro` is a new process: another datasets scratch folder, another string-hash salt for PEFT's sets
     for stage in ("corpus", "lora"):
@@ -317,6 +318,7 @@ def resume_then_rerun(repo: Path, stage: str, step: int) -> tuple[dict, dict]:
 RESUME_TOLERANCE = 1e-3
 
 
+@pytest.mark.slow
 def test_killed_pretrain_resumes_under_dvc_repro_and_ends_like_an_uninterrupted_run(own_repo):
     lengthen(own_repo, "pretrain", max_steps=400, save_steps=25, eval_steps=100)
     kill_when_saved(own_repo, "pretrain", 25)
@@ -333,6 +335,7 @@ def test_killed_pretrain_resumes_under_dvc_repro_and_ends_like_an_uninterrupted_
         assert after_resume[key] == pytest.approx(uninterrupted[key], abs=RESUME_TOLERANCE), key
 
 
+@pytest.mark.slow
 def test_killed_lora_resumes_under_dvc_repro_and_ends_like_an_uninterrupted_run(own_repo):
     lengthen(own_repo, "lora", max_steps=60, save_steps=10)
     kill_when_saved(own_repo, "lora", 10)
