@@ -45,18 +45,24 @@ lock:
 repro: install
 	dvc repro
 
+# The suite runs in one pytest-xdist worker per core (TEST_WORKERS=0: in this process), each worker's torch on
+# one thread: most tests wait on one single-threaded process (a CLI run, dvc, an import), so two at once keep
+# two cores busy. Tests that share a costly fixture (the pipeline run, ...) run in one worker (tests/conftest.py).
+TEST_WORKERS ?= auto
+PYTEST := OMP_NUM_THREADS=1 python -m pytest -n $(TEST_WORKERS)
+
 # what CI runs: everything but the tests marked slow (each over a minute on 2 cores: the pipeline killed and
 # resumed under dvc, forced reruns, a real instruct model behind `transformers serve`, the data benchmark)
 test: install
-	python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # every test, the slow ones too
 test-all: install
-	python -m pytest
+	$(PYTEST)
 
 # everything but the whole-pipeline, multi-process and slow tests: for the edit-test loop
 test-fast: install
-	python -m pytest -m "not e2e and not distributed and not slow"
+	$(PYTEST) -m "not e2e and not distributed and not slow"
 
 # Trainer vs a plain PyTorch loop on the pretrain model (and on the smallest model: host work a step), data stages, the judge one at a time vs batched (needs artifacts/judge); BENCH_ARGS e.g. "--recipe recipes/gpt2-book --compile" on a GPU
 bench: install

@@ -244,6 +244,37 @@ def packaged_judge(tmp_path_factory) -> Path:
     return root / "artifacts" / "judge"
 
 
+# `make test` runs the suite in two pytest-xdist workers. Tests that share a costly fixture run in one worker,
+# file by file: the pipeline run of `repo` (its users live in these files), the multi-process runs, the app's
+# server, the packaged judge. (xdist's own `loadgroup` does not group under pytest 9.2: pytest-xdist#1386.)
+SHARED_FIXTURE_FILES = {
+    "test_pipeline_e2e.py": "pipeline", "test_errors_recipes.py": "pipeline", "test_security.py": "pipeline",
+    "test_distributed.py": "processes", "test_app.py": "app", "test_judge_model.py": "packaged-judge",
+}
+# the multi-process runs in two units that share only the one-process pretrain run
+SECOND_PROCESSES_UNIT = ("[classify-all]", "[classify-lora]", "[dpo]")
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to: its shared-fixture group, or the test alone."""
+    group = SHARED_FIXTURE_FILES.get(Path(nodeid.split("::")[0]).name)
+    if group == "processes" and nodeid.endswith(SECOND_PROCESSES_UNIT):
+        return "processes-2"
+    return group or nodeid
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scope scheduling by `work_unit`: the units with the most tests first, then one test at a time to whichever
+    worker is free."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return SharedFixtureScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items) -> None:
     """A test of the whole pipeline (it needs `repo`, a full `dvc repro`) is `e2e` wherever it lives."""
     for item in items:

@@ -260,6 +260,7 @@ def test_stages_rerun_with_the_same_inputs_write_the_same_bytes_so_nothing_after
         assert json.loads(sh(own_repo, "dvc", "status", "--json").stdout) == {}, f"{stage}'s outputs changed"
 
 
+@pytest.mark.slow  # a minute and a half of `dvc exp run`; what DVC does with a changed recipe file, not our code
 def test_exp_run_with_a_recipe_value_reruns_that_stage_and_what_depends_on_it(own_repo):
     sh(own_repo, "dvc", "exp", "run", "-S", "recipes/test/sft.yaml:training.learning_rate=0.001")
     baseline = json.loads(sh(own_repo, "dvc", "exp", "show", "--json").stdout)[1]
