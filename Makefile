@@ -37,8 +37,10 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 # where pip finds one. Then `make install`, `dvc repro`, and commit requirements.lock with the new dvc.lock.
 lock:
 	test -x $(BIN)/uv || $(MAKE) install
+	# --upgrade: uv would otherwise keep the old lock's pins, and its torch pin (build tag stripped below) would
+	# then resolve to the index's CUDA build and its nvidia-* packages
 	echo "$(TORCH)" | $(BIN)/uv pip compile pyproject.toml --extra dev --extra app --python-version 3.11 --quiet \
-		$(FIND_LINKS) -c - -o $(LOCK)
+		--upgrade $(FIND_LINKS) -c - -o $(LOCK)
 	# a local build tag (+cpu) names the build, not the version: the pin admits a GPU machine's build too
 	sed -i 's/^torch==\([^+]*\)+.*/torch==\1/' $(LOCK)
 
