@@ -1,7 +1,7 @@
 
 import torch
 from peft import PeftModel, TaskType, get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmpipe import adapters, cli
 from llmpipe.artifacts import parameter_counts
@@ -45,7 +45,8 @@ def test_classify_text_prints_label_and_probability_per_text(tiny_model, tokeniz
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2
-    encoded = tokenizer(texts, padding=True, return_tensors="pt")
+    # the saved folder's tokenizer, as the command reads it: padding the session's own would change it for later tests
+    encoded = AutoTokenizer.from_pretrained(tmp_path / "clf")(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         probabilities = model.eval()(**encoded).logits.softmax(-1)
     for line, text, p in zip(lines, texts, probabilities):
